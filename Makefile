@@ -25,7 +25,7 @@ $(PY):
 
 # torch first, on its own, so that no other package pulls a different build of it.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
