@@ -57,9 +57,11 @@ def make_server():
     for s in servers: s.close()
 
 
-@pytest.fixture
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 with nothing listening on it (bound, then released)."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def free_port():
+    "Function giving a TCP port on 127.0.0.1 with nothing listening on it (bound, then released)."
+    def get() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return get
