@@ -1,2 +1,6 @@
 """Literate, Jupyter-first LoRA and QLoRA fine-tuning of vision-language models."""
 __version__ = "0.0.1"
+
+# Importing vlmnb registers its image-only processors with transformers' AutoProcessor,
+# so folders saved by `vlmnb.load.tiny_model` load with `AutoProcessor.from_pretrained`.
+from .load import load_model, tiny_model  # noqa: E402
