@@ -106,3 +106,16 @@ def test_budget_cli(tmp_path):
     ok = subprocess.run([str(exe), "data", "budget", str(tmp_path / "d.jsonl"), "--model", str(tmp_path / "qwen"), "--max-length", "200"],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "0 over max_length=200" in ok.stdout
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHS)
+def test_train_on_inputs_labels_all_text_but_vision_and_padding(model_type, samples):
+    _, processor = tiny_model(model_type)
+    collator = VLMCollator(processor, model_type=model_type, train_on_inputs=True)
+    batch = collator(samples)
+    vision = torch.isin(batch["input_ids"], torch.tensor(collator.vision_ids))
+    expected = batch["attention_mask"].bool() & ~vision
+    assert torch.equal(batch["labels"] != -100, expected)
+    assert torch.equal(batch["labels"][expected], batch["input_ids"][expected])
+    text = processor.tokenizer.decode(batch["labels"][1][batch["labels"][1] != -100])
+    assert "How many shapes in both pictures together?" in text and "a few more than I would like to count" in text
