@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test install sync nbtest pytest
+.PHONY: test install sync nbtest pytest demo
 
 test: install
 	$(MAKE) --no-print-directory sync
@@ -46,3 +46,7 @@ nbtest: install
 
 pytest: install
 	$(PY) -m pytest -q
+
+# The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
+demo: install
+	$(BIN)/vlmnb train --set output_dir=outputs/demo
