@@ -13,9 +13,9 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test install sync nbtest pytest demo
+.PHONY: test install browser-deps sync nbtest pytest demo
 
-test: install
+test: install browser-deps
 	$(MAKE) --no-print-directory sync
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
@@ -30,6 +30,17 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The real-browser widget tests need Debian's chromium and the widget manager script from the npm registry
+# (never `playwright install`). Installed when missing and possible; otherwise those tests are skipped, saying why.
+EMBED_JS := $(VENV)/npm/node_modules/@jupyter-widgets/html-manager/dist/embed.js
+browser-deps:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and not installable here: the browser tests will be skipped"; fi; }
+	@[ -f $(EMBED_JS) ] || { if command -v npm >/dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/npm @jupyter-widgets/html-manager@1; \
+	  else echo "npm not found: the browser tests will be skipped"; fi; }
 
 # Notebooks are the source: exporting and cleaning them must leave the tree as it is.
 sync: install
