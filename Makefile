@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test install browser-deps sync nbtest pytest demo
+.PHONY: test install browser-deps sync nbtest pytest demo docs-proc
 
 test: install browser-deps
 	$(MAKE) --no-print-directory sync
@@ -61,3 +61,10 @@ pytest: install
 # The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
 demo: install
 	$(BIN)/vlmnb train --set output_dir=outputs/demo
+
+# What `nbdev-proc-nbs` does, without its insistence on installing quarto (which cannot be installed here; the docs
+# workflow renders with quarto): refresh nbdev.yml, rebuild the module index, and process the notebooks into _proc/.
+docs-proc: install
+	$(PY) -c "import os; from nbdev.config import get_config; from nbdev.quarto import refresh_quarto_yml; \
+	from nbdev.serve import proc_nbs; import nbdev.doclinks as dl; cfg = get_config(); os.chdir(cfg.config_path); \
+	refresh_quarto_yml(); dl._build_modidx(); proc_nbs(cfg.nbs_path, n_workers=1)"
