@@ -231,10 +231,10 @@ def _roles(collator, sample, batch, idx) -> list[str]:
     return roles.tolist()
 
 # %% ../nbs/02_collate.ipynb #3bcfb367
-def token_table(collator: VLMCollator, sample: dict) -> list[dict]:
-    "One row per token of `sample`: position, id, text, role, is_image, has_loss."
+def token_table(collator: VLMCollator, sample: dict, batch: dict | None = None) -> list[dict]:
+    "One row per token of `sample`: position, id, text, role, is_image, has_loss (`batch`: its one-sample batch, if made)."
     idx = sample.get("source_index", 0)
-    batch = collator([sample])
+    batch = batch if batch is not None else collator([sample])
     ids, labels, tok = batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), collator.processor.tokenizer
     roles = _roles(collator, sample, batch, idx)
     return [{"position": i, "id": t, "text": tok.decode([t]), "role": r, "is_image": r == "image", "has_loss": l != -100}
@@ -471,9 +471,10 @@ class SampleView:
 
 def view_sample(collator: VLMCollator, sample: dict, max_length: int | None = None) -> SampleView:
     "The `SampleView` of one canonical sample."
-    table = token_table(collator, sample)
+    batch = collator([sample])  # tokenized once, for the table and the grid
+    table = token_table(collator, sample, batch)
     image_id = collator.processor.tokenizer.convert_tokens_to_ids(collator.arch.image_token)
-    grid = patch_grid(collator([sample]), collator.arch, table, image_id) if sample.get("images") else None
+    grid = patch_grid(batch, collator.arch, table, image_id) if sample.get("images") else None
     return SampleView(sample.get("source_index", 0), table, list(sample.get("images") or []), grid, max_length)
 
 # %% ../nbs/02_collate.ipynb #7d6fe847

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .collate import _end_of_turn, _paligemma_parts, render, special_strings
+from .collate import _bos_kw, _end_of_turn, _paligemma_parts, render, special_strings
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
@@ -57,9 +57,8 @@ def generate_answers(model, processor, samples: list[dict], max_new_tokens: int 
         chunk = samples[i:i + batch_size]
         texts = [prompt_of(processor, arch, s["messages"]) for s in chunk]
         images = [list(s.get("images") or []) for s in chunk]
-        bos = processor.tokenizer.bos_token
-        kw = {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
-        batch = processor(text=texts, images=images if any(images) else None, padding=True, padding_side="left", return_tensors="pt", **kw)
+        batch = processor(text=texts, images=images if any(images) else None, padding=True, padding_side="left",
+                          return_tensors="pt", **_bos_kw(processor, texts))
         batch = batch.to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                              pad_token_id=processor.tokenizer.pad_token_id)

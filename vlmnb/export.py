@@ -109,11 +109,9 @@ def export_adapter(run: RunFolder, out: Path) -> list[str]:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def _batch(processor, samples):
-    from vlmnb.collate import render
+    from vlmnb.collate import _bos_kw, render
     texts = [render(processor, s["messages"]) for s in samples]
-    bos = processor.tokenizer.bos_token
-    kw = {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
-    return processor(text=texts, images=[list(s["images"]) for s in samples], padding=True, return_tensors="pt", **kw)
+    return processor(text=texts, images=[list(s["images"]) for s in samples], padding=True, return_tensors="pt", **_bos_kw(processor, texts))
 
 @torch.no_grad()
 def _logits(model, batch) -> torch.Tensor:

@@ -224,8 +224,8 @@ def lora_report(peft_model: PeftModel) -> LoraReport:
     rows = {c: {"component": c, "parameters": 0, "trainable": 0, "adapted": 0, "full": 0, "example": ""} for c in _ORDER}
     for name, p in base.named_parameters():
         if "lora_" in name: continue
-        clean = name.replace(".base_layer", "").replace(".modules_to_save.default", "").replace(".original_module", "")
-        if ".original_module." in name: continue
+        if ".original_module." in name: continue  # the frozen copy PEFT keeps beside a module trained in full
+        clean = name.replace(".base_layer", "").replace(".modules_to_save.default", "")
         rows[component_of(clean, arch)]["parameters"] += p.numel() * (2 if hasattr(p, "quant_state") else 1)
     for name, p in base.named_parameters():
         if p.requires_grad: rows[component_of(name.replace(".modules_to_save.default", ""), arch)]["trainable"] += p.numel()
