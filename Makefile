@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test install browser-deps sync nbtest pytest demo docs-proc
+.PHONY: test install browser-deps sync nbtest pytest demo bench docs-proc
 
 test: install browser-deps
 	$(MAKE) --no-print-directory sync
@@ -61,6 +61,10 @@ pytest: install
 # The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
 demo: install
 	$(BIN)/vlmnb train --set output_dir=outputs/demo
+
+# vlmnb against TRL on the same model and data (about 12 min on 2 CPU cores); the results page reads the JSON.
+bench: install
+	$(PY) bench/vs_trl.py --json bench/results/llava-cpu.json
 
 # What `nbdev-proc-nbs` does, without its insistence on installing quarto (which cannot be installed here; the docs
 # workflow renders with quarto): refresh nbdev.yml, rebuild the module index, and process the notebooks into _proc/.

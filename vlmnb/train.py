@@ -7,7 +7,7 @@ Docs: https://vlmnb.github.io/vlmnb/train.html.md"""
 # %% ../nbs/04_train.ipynb #188b1431
 from __future__ import annotations
 import difflib, json, math, os, re, shutil, signal, time, warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 # %% auto #0
 __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'COMPLETE', 'DataSource', 'LoraFields', 'TrainConfig',
            'ConfigError', 'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
-           'is_main_process', 'lora_spec', 'Preflight', 'preflight', 'demo_config', 'LossHistory', 'plot_history',
+           'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
+           'RunSettings', 'run_settings', 'Preflight', 'preflight', 'demo_config', 'LossHistory', 'plot_history',
            'complete_checkpoints', 'CompleteCheckpoints', 'StopOnSigint', 'TrainResult', 'training_args', 'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
@@ -297,6 +298,61 @@ def lora_spec(c: TrainConfig) -> LoraSpec:
     "The `LoraSpec` of a config."
     return LoraSpec(**c.lora.model_dump())
 
+# %% ../nbs/04_train.ipynb #3c26fbae
+def cpu_bf16() -> bool:
+    "Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX)."
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+def auto_precision(text_config, quantization: str | None = None) -> tuple[str, str]:
+    "The precision `auto` picks for a model's text config on this machine, and why: `(precision, reason)`."
+    if torch.cuda.is_available():
+        return ("bf16", "the GPU supports bf16") if torch.cuda.is_bf16_supported() else ("fp16", "the GPU has no bf16")
+    if quantization: return "fp32", "quantized training on CPU runs in fp32"
+    if not cpu_bf16(): return "fp32", "this CPU has no native bf16"
+    if text_config.hidden_size < 128: return "fp32", f"width {text_config.hidden_size} < 128: autocast costs more than it saves"
+    return "bf16", "this CPU multiplies bf16 natively"
+
+
+# %% ../nbs/04_train.ipynb #03dd92ad
+def activation_bytes(c: TrainConfig, text_config, budget: BudgetReport) -> int:
+    "Rough activation memory of the longest batch without checkpointing: 34 bytes per token per hidden unit per layer."
+    tokens = c.batch_size * (budget.percentile(100) or 1)
+    return tokens * text_config.hidden_size * text_config.num_hidden_layers * 34
+
+def free_memory() -> int:
+    "Free bytes on the training device: GPU memory, or the machine's available RAM."
+    if torch.cuda.is_available(): return torch.cuda.mem_get_info()[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+@dataclass
+class RunSettings:
+    "What the defaults and `auto` settings resolved to for a run, with the reasons."
+    precision: str
+    gradient_checkpointing: bool
+    lora_dropout: float
+    batching: str
+    reasons: dict
+
+    def summary(self) -> str:
+        r = self.reasons
+        return (f"{self.precision} ({r['precision']}); activation checkpointing {'on' if self.gradient_checkpointing else 'off'} "
+                f"({r['gradient_checkpointing']}); LoRA dropout {self.lora_dropout:g}; {self.batching} batches")
+    def _repr_markdown_(self): return "**run settings**: " + self.summary()
+
+
+# %% ../nbs/04_train.ipynb #5eaea139
+def run_settings(c: TrainConfig, text_config, budget: BudgetReport) -> RunSettings:
+    "Resolve a config's precision, activation checkpointing, LoRA dropout and batching for this machine."
+    if c.precision == "auto": precision, why_p = auto_precision(text_config, c.quantization)
+    else: precision, why_p = c.precision, "set in the config"
+    if c.gradient_checkpointing == "auto":
+        need, free = activation_bytes(c, text_config, budget), free_memory()
+        ckpt, why_c = need > free / 2, f"activations ~{need / 2**20:,.0f} MiB, {free / 2**30:,.1f} GiB free"
+    else: ckpt, why_c = bool(c.gradient_checkpointing), "set in the config"
+    return RunSettings(precision, ckpt, c.lora.dropout, "length-grouped" if c.group_by_length else "random",
+                       {"precision": why_p, "gradient_checkpointing": why_c})
+
+
 # %% ../nbs/04_train.ipynb #ccb57359
 @dataclass
 class Preflight:
@@ -309,6 +365,7 @@ class Preflight:
     fit: BudgetFit | None
     targets: list[str]
     arch: str
+    settings: RunSettings
     seconds: float = 0.0
 
     def _repr_markdown_(self):
@@ -319,6 +376,7 @@ class Preflight:
                  f"- tokens: {self.budget.summary()}"]
         if self.fit: lines.append(f"- budget: {self.fit}")
         lines.append(f"- LoRA: {len(self.targets)} modules, e.g. `{self.targets[0]}`" if self.targets else "- LoRA: projector only")
+        lines.append(f"- settings: {self.settings.summary()}")
         return "\n".join(lines)
 
     def __str__(self): return self._repr_markdown_().replace("**", "").replace("`", "")
@@ -349,7 +407,8 @@ def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
     if model is None:
         with torch.device("meta"): model = transformers.AutoModelForImageTextToText.from_config(config)
     targets = lora_targets(model, lora_spec(c))
-    return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, time.time() - t0)
+    settings = run_settings(c, config.get_text_config(), budget)
+    return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, settings, time.time() - t0)
 
 # %% ../nbs/04_train.ipynb #982ba021
 def _with_lengths(ds, lengths: list[int], c: TrainConfig):
@@ -439,23 +498,8 @@ class TrainResult:
     def __str__(self): return self._repr_markdown_().replace("**", "")
 
 # %% ../nbs/04_train.ipynb #f9205c91
-def _precision(c: TrainConfig) -> dict:
-    if c.precision == "auto":
-        if torch.cuda.is_available(): return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
-        return {}
-    return {"bf16": c.precision == "bf16", "fp16": c.precision == "fp16"}
-
-def _needs_checkpointing(c: TrainConfig, model, budget: BudgetReport) -> bool:
-    "Activation checkpointing when the activations would take over half the free memory (roughly 34 bytes/token/hidden/layer)."
-    if c.gradient_checkpointing != "auto": return bool(c.gradient_checkpointing)
-    tc = model.config.get_text_config()
-    tokens = c.batch_size * (budget.percentile(100) or 1)
-    need = tokens * tc.hidden_size * tc.num_hidden_layers * 34
-    free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return need > free / 2
-
-def training_args(c: TrainConfig, has_eval: bool) -> TrainingArguments:
-    "The Trainer's arguments for a config."
+def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings) -> TrainingArguments:
+    "The Trainer's arguments for a config and its resolved settings."
     return TrainingArguments(
         output_dir=c.output_dir, per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, num_train_epochs=c.epochs, max_steps=c.max_steps,
@@ -466,7 +510,8 @@ def training_args(c: TrainConfig, has_eval: bool) -> TrainingArguments:
         seed=c.seed, data_seed=c.seed, report_to=c.report_to or "none", remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random", length_column_name="length",
         dataloader_num_workers=c.num_workers, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
-        disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=False, **_precision(c))
+        disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=False,
+        bf16=settings.precision == "bf16", fp16=settings.precision == "fp16")
 
 # %% ../nbs/04_train.ipynb #754a07ec
 def _resume_point(c: TrainConfig) -> str | None:
@@ -518,12 +563,12 @@ def train(config: TrainConfig | dict | str | Path | None = None, overrides: list
     samples = _eval_samples(c, pf.eval)
     before = accuracy(model, processor, samples, c.max_new_tokens) if samples else None
     transformers.set_seed(c.seed)
-    peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=_needs_checkpointing(c, model, pf.budget))
+    peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=pf.settings.gradient_checkpointing)
     collator = VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length)
     history, stop = LossHistory(live=_in_notebook()), StopOnSigint()
     from vlmnb.eval import GenerationEval
     gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
-    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None), train_dataset=pf.train,
+    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings), train_dataset=pf.train,
                       eval_dataset=pf.eval, data_collator=collator,
                       callbacks=[history, CompleteCheckpoints(c.save_total_limit), stop, *([gen_eval] if gen_eval else []), *callbacks])
     if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
@@ -537,6 +582,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, overrides: list
         if previous is not None: signal.signal(signal.SIGINT, previous)
     seconds = time.time() - t0
     metrics = {"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "world_size": trainer.args.world_size,
+               "settings": {**asdict(pf.settings)},
                "train_loss": output.training_loss,
                "final_loss": next((h["loss"] for h in reversed(history.history) if "loss" in h), output.training_loss)}
     if gen_eval: metrics["generation_eval"] = gen_eval.log

@@ -1,0 +1,88 @@
+"""The benchmark against TRL (`bench/vs_trl.py`): its FLOP count agrees with torch's own counter, both tools train on
+the same labels and the same LoRA modules, and a small run goes end to end and prints what it promises."""
+import importlib.util, json, os, re, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[1]
+spec = importlib.util.spec_from_file_location("vs_trl", ROOT/"bench"/"vs_trl.py")
+vs_trl = importlib.util.module_from_spec(spec); spec.loader.exec_module(vs_trl)
+
+@pytest.fixture(scope="module", params=list(vs_trl.CASES))
+def case(request, tmp_path_factory):
+    "A benchmark case's model folder, FLOP sizes and a few of its samples."
+    from vlmnb.load import tiny_tokenizer
+    work = tmp_path_factory.mktemp(request.param)
+    sizes = vs_trl.build_model(request.param, work/"model", seed=0)
+    if request.param == "llava": sizes.update(image_side=224, patch=14)
+    data = vs_trl.make_data(work/"data", 12, seed=3, tok=tiny_tokenizer(vs_trl.CASES[request.param]["model_type"]))
+    return request.param, work, sizes, data
+
+def _batch(case_name, work, data, indices):
+    from vlmnb.collate import VLMCollator
+    from vlmnb.data import load_samples
+    from vlmnb.load import load_processor
+    processor = load_processor(str(work/"model"))
+    samples = load_samples(str(data))
+    collator = VLMCollator(processor, model_type=vs_trl.CASES[case_name]["model_type"])
+    return processor, [samples[i] for i in indices], collator([samples[i] for i in indices])
+
+def test_flop_count_matches_torch(case):
+    """The analytic training FLOPs behind MFU are 3x a forward that torch's FlopCounterMode measures (within 3%).
+    Eager attention, so attention is matmuls the counter sees (it has no formula for the CPU kernel of SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForImageTextToText
+    name, work, sizes, data = case
+    model = AutoModelForImageTextToText.from_pretrained(work/"model", attn_implementation="eager").eval()
+    for i in range(3):  # one sample at a time: no padding, so every counted token is real
+        _, _, batch = _batch(name, work, data, [i])
+        batch.pop("labels")
+        meter = vs_trl.Meter(sizes)
+        meter.count(batch)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter: model(**batch)
+        assert meter.flops / 3 == pytest.approx(counter.get_total_flops(), rel=0.03), (name, i)
+
+def test_matmul_weights_cover_the_model(case):
+    "The weights counted per token (language model, vision tower, projector) are all of the model but embeddings and norms."
+    name, work, sizes, _ = case
+    counted = sizes["lm_weights"] + sizes["vision_weights"] + sizes["projector_weights"]
+    assert 0.9 * sizes["params"] < counted < sizes["params"]
+
+def test_trl_and_vlmnb_train_on_the_same_labels(case):
+    "TRL's collator (assistant_only_loss) and vlmnb's give identical input ids and labels for the benchmark's samples."
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    name, work, sizes, data = case
+    processor, samples, ours = _batch(name, work, data, range(6))
+    theirs = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)(
+        [{"messages": s["messages"], "images": s["images"]} for s in samples])
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["labels"], theirs["labels"])
+    assert (ours["labels"] != -100).sum() > 0
+
+def test_bench_end_to_end(tmp_path):
+    "A small run of the script: four runs, the table, both comparisons, and `speedup_vs_trl: X` last."
+    out = tmp_path/"results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, str(ROOT/"bench"/"vs_trl.py"), "--samples", "8", "--heldout", "2",
+                           "--workdir", str(tmp_path/"work"), "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup_vs_trl: \d+\.\d\d", lines[-1]), lines[-1]
+    result = json.loads(out.read_text())
+    reports = result["reports"]
+    assert set(reports) == set(vs_trl.RUNS)
+    for r in reports.values():
+        assert r["samples"] == 8 and r["tokens_per_s"] > 0 and 0 <= r["padding"] < 1 and 0 < r["mfu"] < 1
+        assert 0 < r["data_share"] < 1 and r["peak_rss_mib"] > 100 and r["eval_loss"] > 0
+    assert len({r["trainable"] for r in reports.values()}) == 1, "both tools must train the same LoRA modules"
+    assert len({r["real_tokens"] for r in reports.values()}) == 1, "both tools must see the same tokens"
+    trl, ours = reports["trl-defaults"], reports["vlmnb-defaults"]
+    assert (trl["gradient_checkpointing"], trl["lora_dropout"]) == (True, 0.05)
+    assert (ours["gradient_checkpointing"], ours["lora_dropout"], ours["batching"]) == (False, 0.0, "length-grouped")
+    assert result["a"]["speedup"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"])
+    assert lines[-1] == f"speedup_vs_trl: {result['a']['speedup']:.2f}"
+    m_trl, m_ours = reports["trl-matched"], reports["vlmnb-matched"]
+    for key in ("precision", "gradient_checkpointing", "lora_dropout"): assert m_trl[key] == m_ours[key], key
