@@ -12,6 +12,8 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The project's venv, whatever venv the calling shell has activated (IPython warns when they differ).
+export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: test install browser-deps sync nbtest pytest demo bench docs-proc
 
