@@ -243,11 +243,8 @@ def _trl(work: Path, settings: dict, meter: Meter, args):
     train_ds = datasets.Dataset.from_list(rows, features=features)
     lora = dict(use_peft=True, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target_modules=LM_TARGETS)
     if "dropout" in settings: lora["lora_dropout"] = settings["dropout"]
-    extra = {}
-    if "gradient_checkpointing" in settings: extra["gradient_checkpointing"] = settings["gradient_checkpointing"]
-    if "bf16" in settings: extra["bf16"] = settings["bf16"]
-    if "scheduler" in settings: extra["lr_scheduler_type"] = settings["scheduler"]
-    if "optim" in settings: extra["optim"] = settings["optim"]
+    names = {"gradient_checkpointing": "gradient_checkpointing", "bf16": "bf16", "scheduler": "lr_scheduler_type", "optim": "optim"}
+    extra = {names[k]: v for k, v in settings.items() if k in names}
     config = SFTConfig(output_dir=str(work/"runs"/args.worker), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                        num_train_epochs=1, seed=args.seed, assistant_only_loss=True, max_length=None if args.case == "qwen2-vl" else 1024,
                        report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=True,
@@ -264,10 +261,9 @@ def _vlmnb(work: Path, settings: dict, meter: Meter, args):
               "batch_size": args.batch_size, "learning_rate": args.lr, "epochs": 1, "seed": args.seed,
               "lora": {"r": args.lora_r, "alpha": args.lora_alpha}, "output_dir": str(work/"runs"/args.worker), "progress_bar": False}
     if "dropout" in settings: config["lora"]["dropout"] = settings["dropout"]
-    if "gradient_checkpointing" in settings: config["gradient_checkpointing"] = settings["gradient_checkpointing"]
+    names = {"gradient_checkpointing": "gradient_checkpointing", "scheduler": "lr_scheduler", "optim": "optimizer"}
+    config.update({names[k]: v for k, v in settings.items() if k in names})
     if "bf16" in settings: config["precision"] = "bf16" if settings["bf16"] else "fp32"
-    if "scheduler" in settings: config["lr_scheduler"] = settings["scheduler"]
-    if "optim" in settings: config["optimizer"] = settings["optim"]
     result = train(config, callbacks=[meter.callback()])
     return result.metrics["settings"]
 

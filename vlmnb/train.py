@@ -582,7 +582,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, overrides: list
         if previous is not None: signal.signal(signal.SIGINT, previous)
     seconds = time.time() - t0
     metrics = {"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "world_size": trainer.args.world_size,
-               "settings": {**asdict(pf.settings)},
+               "settings": asdict(pf.settings),
                "train_loss": output.training_loss,
                "final_loss": next((h["loss"] for h in reversed(history.history) if "loss" in h), output.training_loss)}
     if gen_eval: metrics["generation_eval"] = gen_eval.log
