@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The project's venv, whatever venv the calling shell has activated (IPython warns when they differ).
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: test install browser-deps sync nbtest pytest demo bench docs-proc
+.PHONY: test install browser-deps sync nbtest pytest online outputs demo bench docs-proc
 
 test: install browser-deps
 	$(MAKE) --no-print-directory sync
@@ -59,6 +59,18 @@ nbtest: install
 
 pytest: install
 	$(PY) -m pytest -q
+
+# The tests marked `online`: real checkpoints' processors and Hub datasets (needs the Hub; never run in CI).
+online: install
+	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 TRANSFORMERS_OFFLINE=0 VLMNB_ONLINE=1 $(PY) -m pytest -q -m online
+
+# Stored outputs are the docs: re-run notebooks (make outputs NB="nbs/02_collate.ipynb ...") with widget state kept, then clean.
+NB ?=
+outputs: install
+	@for nb in $(NB); do echo "executing $$nb"; env -u MPLBACKEND $(PY) -c "import sys, nbformat, nbclient; p = sys.argv[1]; nb = nbformat.read(p, 4); \
+	nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', store_widget_state=True, \
+	resources={'metadata': {'path': 'nbs'}}).execute(); nbformat.write(nb, p)" $$nb || exit 1; done
+	$(BIN)/nbdev-clean
 
 # The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
 demo: install

@@ -65,3 +65,12 @@ def free_port():
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
     return get
+
+
+def pytest_collection_modifyitems(config, items):
+    "`online` tests reach the Hugging Face Hub: they run only with VLMNB_ONLINE=1 (and HF_HUB_OFFLINE unset)."
+    import os
+    if os.environ.get("VLMNB_ONLINE") == "1": return
+    skip = pytest.mark.skip(reason="online: set VLMNB_ONLINE=1 (and unset HF_HUB_OFFLINE) to run against the real Hub")
+    for item in items:
+        if "online" in item.keywords: item.add_marker(skip)
