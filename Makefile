@@ -69,8 +69,7 @@ NB ?=
 outputs: install
 	@for nb in $(NB); do echo "executing $$nb"; env -u MPLBACKEND $(PY) -c "import sys, nbformat, nbclient; p = sys.argv[1]; nb = nbformat.read(p, 4); \
 	nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', store_widget_state=True, \
-	resources={'metadata': {'path': 'nbs'}}).execute(); nbformat.write(nb, p)" $$nb || exit 1; done
-	$(BIN)/nbdev-clean
+	resources={'metadata': {'path': 'nbs'}}).execute(); nbformat.write(nb, p)" $$nb && $(BIN)/nbdev-clean --fname $$nb || exit 1; done
 
 # The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
 demo: install
