@@ -119,7 +119,7 @@ def test_errors_name_the_problem(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                  vocab_size=64)).save_pretrained(tmp_path / "llama")
-    with pytest.raises(LoadError, match="model_type 'llama' is a text-only model.*smolvlm"): load_model(tmp_path / "llama")
+    with pytest.raises(LoadError, match="model_type 'llama' is a text-only language model.*smolvlm"): load_model(tmp_path / "llama")
 
 
 def test_pickle_weights_are_refused(tmp_path):

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field, asdict
 from typing import Literal
 
+import jinja2
 import numpy as np
 import torch
 from fastcore.basics import patch
@@ -20,19 +21,26 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['ROLE_COLOURS', 'CollateError', 'render', 'special_strings', 'assistant_spans', 'span_mask', 'encode',
-           'vision_token_ids', 'make_labels', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost',
-           'scales_with_pixels', 'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget',
-           'patch_grid', 'draw_grid', 'tokens_html', 'SampleView', 'view_sample', 'inspect_samples']
+__all__ = ['ROLE_COLOURS', 'CollateError', 'render', 'special_strings', 'answer_spans', 'assistant_spans', 'span_mask', 'encode',
+           'vision_token_ids', 'make_labels', 'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator',
+           'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport',
+           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
+           'view_sample', 'inspect_samples']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
     "A sample that cannot be tokenized as asked, naming the sample and what to do."
+    def __init__(self, message: str, kind: str = "tokenize"):
+        super().__init__(message)
+        self.kind = kind  # how reports file it: 'tokenize', or 'template' for a sample the chat template refuses
 
-def render(processor, messages: list[dict], generation_prompt: bool = False) -> str:
-    "The chat template's text for `messages`."
+def render(processor, messages: list[dict], generation_prompt: bool = False, index: int = 0) -> str:
+    "The chat template's text for `messages`; a template that refuses them raises a `CollateError` naming sample `index`."
     if not messages: return ""
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except jinja2.TemplateError as e:
+        raise CollateError(f"sample {index}: the chat template refused it ({str(e).rstrip('.')}). Rewrite the sample in a form the checkpoint's "
+                           "template accepts, or leave it out (on_bad_data: skip drops it and reports it).", "template") from None
 
 def _text_pieces(message: dict) -> list[str]:
     c = message["content"]
@@ -48,24 +56,32 @@ def special_strings(tokenizer) -> list[str]:
     added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
     return sorted(set(tokenizer.all_special_tokens) | set(added), key=len, reverse=True)
 
-def assistant_spans(processor, messages: list[dict], index: int = 0) -> list[tuple[int, int]]:
-    "Character spans of each assistant answer and its end-of-turn token in the rendered conversation."
-    text, spans = render(processor, messages), []
-    specials = special_strings(processor.tokenizer)
+def answer_spans(processor, messages: list[dict], index: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    "The rendered conversation and the span of each assistant answer in it, with the answer's own trailing whitespace where the template keeps it."
+    text, spans = render(processor, messages, index=index), []
     for k, m in enumerate(messages):
         if m["role"] != "assistant": continue
-        before = render(processor, messages[:k], generation_prompt=True)
-        pos = len(before) if text.startswith(before) else len(render(processor, messages[:k]))
+        before = render(processor, messages[:k], generation_prompt=True, index=index)
+        pos = len(before) if text.startswith(before) else len(render(processor, messages[:k], index=index))
         start = None
-        for piece in (p.strip() for p in _text_pieces(m)):
+        for raw in _text_pieces(m):
+            if not (piece := raw.strip()): continue
             found = text.find(piece, pos)
-            if not piece: continue
             if found < 0:
                 raise CollateError(f"sample {index}: turn {k}'s answer {piece[:40]!r} is not in the text the chat template "
                                    "renders, so its tokens cannot be found. Check the chat template.")
             start, pos = start if start is not None else found, found + len(piece)
-        if start is not None: spans.append((start, _end_of_turn(text, pos, specials)))
-    return spans
+            tail = raw[len(raw.rstrip()):]  # the answer's own trailing whitespace, as far as the template kept it
+            while tail and not text.startswith(tail, pos): tail = tail[:-1]
+            pos += len(tail)
+        if start is not None: spans.append((start, pos))
+    return text, spans
+
+def assistant_spans(processor, messages: list[dict], index: int = 0) -> list[tuple[int, int]]:
+    "Character spans of each assistant answer and the end-of-turn token the template writes right after it."
+    text, spans = answer_spans(processor, messages, index)
+    specials = special_strings(processor.tokenizer)
+    return [(a, _end_of_turn(text, b, specials)) for a, b in spans]
 
 # %% ../nbs/02_collate.ipynb #583c2a00
 def _shift(spans, replacements) -> list[tuple[int, int]]:
@@ -132,6 +148,46 @@ def _paligemma_parts(messages) -> tuple[str, str]:
     images_first = "<image>" * sum(p.count("<image>") for p in prefix)
     return images_first + "\n".join(p.replace("<image>", "") for p in prefix).strip(), " ".join(_text_pieces(messages[last])).strip()
 
+# %% ../nbs/02_collate.ipynb #42be7808
+_PROBE = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+          {"role": "user", "content": [{"type": "text", "text": "And now?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "no"}]}]
+
+def template_end_of_turn(processor) -> str | None:
+    "The special token the chat template writes right after every assistant answer, or None when it writes none."
+    as_strings = [{**m, "content": m["content"][0]["text"]} for m in _PROBE]
+    for probe in (_PROBE, as_strings):  # content as a list of items, else as plain strings
+        try: text, spans = answer_spans(processor, probe)
+        except CollateError: continue
+        specials = special_strings(processor.tokenizer)
+        ends = {text[b:_end_of_turn(text, b, specials)] for _, b in spans}
+        return ends.pop() if len(ends) == 1 and "" not in ends else None
+    raise CollateError("the chat template cannot render a two-turn text conversation, so vlmnb cannot tell whether it ends "
+                       "answers with a special token: set append_eos to True or False.")
+
+# %% ../nbs/02_collate.ipynb #dc6fff7c
+@dataclass
+class Rendered:
+    "A conversation as the collator tokenizes it."
+    text: str
+    answers: list[tuple[int, int]]      # spans that carry loss: each answer and its end-of-turn token (or appended eos)
+    appended: list[tuple[int, int]]     # spans of the eos tokens vlmnb appended
+    inserted_at: list[int]              # where they were inserted, in the template's own text
+
+    def moved(self, c: int) -> int:
+        "Where position `c` of the template's own text lies in this text (an eos inserted at `c` comes before it)."
+        n = self.appended[0][1] - self.appended[0][0] if self.appended else 0
+        return c + n * sum(p <= c for p in self.inserted_at)
+
+def render_for_training(processor, messages: list[dict], index: int = 0, eos: str | None = None) -> Rendered:
+    "The text to tokenize and its loss spans; with `eos`, it is written after each answer that the template does not end with it."
+    text, spans = answer_spans(processor, messages, index)
+    at = [b for _, b in spans if eos and not text.startswith(eos, b)]
+    for p in reversed(at): text = text[:p] + eos + text[p:]
+    specials, n = special_strings(processor.tokenizer), len(eos or "")
+    shift = lambda c: c + n * sum(p < c for p in at)
+    answers = [(shift(a), _end_of_turn(text, shift(b), specials)) for a, b in spans]
+    return Rendered(text, answers, [(shift(p), shift(p) + n) for p in at], at)
+
 # %% ../nbs/02_collate.ipynb #70bd383c
 @dataclass
 class VLMCollator:
@@ -141,37 +197,63 @@ class VLMCollator:
     model_type: str | None = None   # e.g. 'smolvlm', when `arch` is not given
     train_on_inputs: bool = False   # loss on all text (not images, not padding) instead of the answers only
     max_length: int | None = None   # cut rows to this many tokens, never inside an image
+    append_eos: bool | None = None  # write eos (with a label) after each answer; None: when the template writes no end-of-turn token
 
     def __post_init__(self):
         if self.arch is None:
             if self.model_type not in ARCHS: raise ValueError(f"VLMCollator needs arch= or model_type= (one of {', '.join(ARCHS)}).")
             self.arch = ARCHS[self.model_type]
         self.vision_ids = vision_token_ids(self.processor, self.arch)
+        tok = self.processor.tokenizer
+        # PaliGemma's processor ends the suffix with eos itself
+        self.end_of_turn = tok.eos_token if self.arch.model_type == "paligemma" else template_end_of_turn(self.processor)
+        self.eos_appended = self.arch.model_type != "paligemma" and (
+            self.append_eos if self.append_eos is not None else self.end_of_turn is None)
+        if self.eos_appended and not tok.eos_token:
+            raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
+                             "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
+
+    def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
+        "The text this collator tokenizes for `messages`, with its loss spans."
+        return render_for_training(self.processor, messages, index, self.processor.tokenizer.eos_token if self.eos_appended else None)
+
+# %% ../nbs/02_collate.ipynb #72c21a5a
+@patch(as_prop=True)
+def stop_note(self: VLMCollator) -> str:
+    "How the model learns to stop, in words for reports."
+    eos = self.processor.tokenizer.eos_token
+    if self.eos_appended and self.end_of_turn is None:
+        return (f"the chat template ends no answer with a special token, so vlmnb appends {eos} (eos) after each answer, "
+                "with a label (append_eos: false turns this off)")
+    if self.eos_appended: return f"{eos} (eos) appended after each answer, as asked (append_eos: true)"
+    if self.end_of_turn: return f"answers end with {self.end_of_turn}, which carries a label"
+    return "the chat template ends no answer with a special token and append_eos is false: the model is not trained to stop"
 
 # %% ../nbs/02_collate.ipynb #855fec5b
-def _turn_spans(processor, messages) -> list[tuple[int, int]]:
+def _turn_spans(processor, messages, rendered: Rendered, index: int = 0) -> list[tuple[int, int]]:
     "Character span of each turn in the rendered text (the template's text around a turn belongs to it, a leading bos does not)."
-    ends = [len(render(processor, messages[:k + 1])) for k in range(len(messages))]
-    text = render(processor, messages[:1])
+    ends = [len(render(processor, messages[:k + 1], index=index)) for k in range(len(messages))]
+    text = render(processor, messages[:1], index=index)
     start = _end_of_turn(text, 0, special_strings(processor.tokenizer)) if text.startswith(processor.tokenizer.bos_token or "\0") else 0
-    return list(zip([start] + ends[:-1], ends))
+    return [(rendered.moved(a), rendered.moved(b)) for a, b in zip([start] + ends[:-1], ends)]
 
 # %% ../nbs/02_collate.ipynb #f0b78303
 _PER_TOKEN = ("input_ids", "attention_mask", "labels", "token_type_ids", "mm_token_type_ids", "cross_attention_mask", "position_ids")
 
-def _samples_texts(collator, samples):
-    "Rendered texts, images and source indices of a list of canonical samples."
+def _images_and_indices(samples) -> tuple[list[list], list[int]]:
+    "The images and source indices of a list of canonical samples."
     idx = [s.get("source_index", i) if s.get("source_index") is not None else i for i, s in enumerate(samples)]
-    return [render(collator.processor, s["messages"]) for s in samples], [list(s.get("images") or []) for s in samples], idx
+    return [list(s.get("images") or []) for s in samples], idx
 
 @patch
 def __call__(self: VLMCollator, samples: list[dict]) -> dict:
     "A batch with labels from canonical samples (`messages` and decoded `images`)."
     if not samples: raise CollateError("VLMCollator got an empty batch (were all samples dropped by fit_to_budget?).")
     if self.arch.model_type == "paligemma": return self._paligemma(samples)
-    texts, images, idx = _samples_texts(self, samples)
-    spans = [[[] if self.train_on_inputs else assistant_spans(self.processor, s["messages"], i)] for s, i in zip(samples, idx)]
-    out, masks = encode(self.processor, texts, images, spans, idx, padding_side="right")
+    images, idx = _images_and_indices(samples)
+    rendered = [self.rendered(s["messages"], i) for s, i in zip(samples, idx)]
+    spans = [[[] if self.train_on_inputs else r.answers] for r in rendered]
+    out, masks = encode(self.processor, [r.text for r in rendered], images, spans, idx, padding_side="right")
     loss_mask = torch.ones_like(out["input_ids"], dtype=torch.bool) if self.train_on_inputs else torch.tensor(np.stack([m[0] for m in masks]))
     out["labels"] = make_labels(out["input_ids"], out["attention_mask"], loss_mask, self.vision_ids)
     return self._truncate(out, idx)
@@ -180,7 +262,7 @@ def __call__(self: VLMCollator, samples: list[dict]) -> dict:
 @patch
 def _paligemma(self: VLMCollator, samples: list[dict]) -> dict:
     parts = [_paligemma_parts(s["messages"]) for s in samples]
-    _, images, idx = _samples_texts(self, samples)
+    images, idx = _images_and_indices(samples)
     out = self.processor(text=[p for p, _ in parts], images=images, suffix=[s for _, s in parts], padding=True,
                          padding_side="right", return_tensors="pt")
     out.pop("labels", None)
@@ -215,30 +297,33 @@ def loss_runs(batch: dict, processor, row: int = 0) -> list[str]:
     return runs
 
 # %% ../nbs/02_collate.ipynb #a65b8063
-def _roles(collator, sample, batch, idx) -> list[str]:
-    "The role of each token of a one-sample batch."
+def _roles(collator, sample, batch, idx) -> tuple[list[str], list[bool]]:
+    "The role of each token of a one-sample batch, and which tokens are an eos that vlmnb appended."
     msgs, ids = sample["messages"], batch["input_ids"][0]
-    roles = np.array(["template"] * len(ids), dtype=object)
+    roles, appended = np.array(["template"] * len(ids), dtype=object), np.zeros(len(ids), dtype=bool)
     if collator.arch.model_type == "paligemma":
         roles[:] = "user"; roles[(batch["token_type_ids"][0] == 1).numpy()] = "assistant"
         roles[0 if ids[0] == collator.processor.tokenizer.bos_token_id else []] = "template"
     else:
-        turns = _turn_spans(collator.processor, msgs)
-        _, masks = encode(collator.processor, [render(collator.processor, msgs)], [list(sample.get("images") or [])], [[[s] for s in turns]], [idx])
+        r = collator.rendered(msgs, idx)
+        turns = _turn_spans(collator.processor, msgs, r, idx)
+        _, masks = encode(collator.processor, [r.text], [list(sample.get("images") or [])], [[[s] for s in turns] + [r.appended]], [idx])
         for m, mask in zip(msgs, masks[0]): roles[mask[:len(ids)]] = m["role"]
+        appended = masks[0][-1][:len(ids)]
+        roles[appended] = "assistant"
     roles[torch.isin(ids, torch.tensor(collator.vision_ids)).numpy()] = "image"
     roles[(batch["attention_mask"][0] == 0).numpy()] = "pad"
-    return roles.tolist()
+    return roles.tolist(), appended.tolist()
 
 # %% ../nbs/02_collate.ipynb #3bcfb367
 def token_table(collator: VLMCollator, sample: dict, batch: dict | None = None) -> list[dict]:
-    "One row per token of `sample`: position, id, text, role, is_image, has_loss (`batch`: its one-sample batch, if made)."
+    "One row per token of `sample`: position, id, text, role, is_image, has_loss, appended (`batch`: its one-sample batch, if made)."
     idx = sample.get("source_index", 0)
     batch = batch if batch is not None else collator([sample])
     ids, labels, tok = batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), collator.processor.tokenizer
-    roles = _roles(collator, sample, batch, idx)
-    return [{"position": i, "id": t, "text": tok.decode([t]), "role": r, "is_image": r == "image", "has_loss": l != -100}
-            for i, (t, l, r) in enumerate(zip(ids, labels, roles))]
+    roles, appended = _roles(collator, sample, batch, idx)
+    return [{"position": i, "id": t, "text": tok.decode([t]), "role": r, "is_image": r == "image", "has_loss": l != -100,
+             "appended": a} for i, (t, l, r, a) in enumerate(zip(ids, labels, roles, appended))]
 
 # %% ../nbs/02_collate.ipynb #2420a768
 def image_token_cost(collator: VLMCollator, size: tuple[int, int]) -> int:
@@ -356,7 +441,7 @@ def token_budget(ds, collator: VLMCollator, max_length: int | None = None) -> Bu
         sample = ds[i]
         idx = sample.get("source_index", i) if sample.get("source_index") is not None else i
         try: rows.append(_budget_row(collator, sample, idx)); rows[-1].position = i
-        except (CollateError, ValueError) as e: problems.append(Problem(idx, "tokenize", str(e)))
+        except (CollateError, ValueError) as e: problems.append(Problem(idx, getattr(e, "kind", "tokenize"), str(e)))
     report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False)
     for r in report.over: r.fix = _advice(collator, r, max_length, report.scalable)
     return report
@@ -423,7 +508,9 @@ ROLE_COLOURS = {"system": "#e8e0f8", "user": "#dbeafe", "assistant": "#dcfce7", 
 def _token_span(r: dict) -> str:
     text = html.escape(r["text"]).replace("\n", "⏎<br>") or "&nbsp;"
     loss = "border-bottom:3px solid #15803d;font-weight:600;" if r["has_loss"] else ""
-    return (f'<span class="vlmnb-token vlmnb-{r["role"]}" title="#{r["position"]} id {r["id"]} {r["role"]}{" loss" if r["has_loss"] else ""}" '
+    loss += "outline:1px dashed #15803d;" if r.get("appended") else ""
+    note = (" loss" if r["has_loss"] else "") + (" (eos appended by vlmnb)" if r.get("appended") else "")
+    return (f'<span class="vlmnb-token vlmnb-{r["role"]}" title="#{r["position"]} id {r["id"]} {r["role"]}{note}" '
             f'style="background:{ROLE_COLOURS[r["role"]]};{loss}padding:1px 0;font-family:monospace">{text}</span>')
 
 def tokens_html(table: list[dict]) -> str:
@@ -451,6 +538,7 @@ class SampleView:
     images: list[Image.Image]
     grid: tuple[int, int] | None
     max_length: int | None = None
+    stop_note: str = ""        # how the model learns to stop, when vlmnb appends an eos
 
     @property
     def totals(self) -> dict:
@@ -464,7 +552,8 @@ class SampleView:
         legend = " ".join(f'<span style="background:{c};padding:0 4px;font-family:monospace">{r}</span>' for r, c in ROLE_COLOURS.items() if r != "pad")
         imgs = "".join(f'<img class="vlmnb-sample-image" src="data:image/png;base64,{_png_b64(draw_grid(im, self.grid))}" style="margin:2px">' for im in self.images)
         head = (f'<b>sample {self.index}</b>: {t["tokens"]} tokens ({t["text"]} text, {t["image"]} image), {t["loss"]} with loss'
-                + (f' <b style="color:crimson">over max_length={self.max_length}</b>' if over else ""))
+                + (f' <b style="color:crimson">over max_length={self.max_length}</b>' if over else "")
+                + (f'<div class="vlmnb-stop-note" style="color:#15803d">{html.escape(self.stop_note)} (dashed outline)</div>' if self.stop_note else ""))
         return (f'<div class="vlmnb-sample"><div>{head}</div><div>{legend} <span style="border-bottom:3px solid #15803d">loss</span>'
                 f'</div><div style="display:flex;gap:12px;align-items:flex-start"><div>{imgs}</div>'
                 f'<div class="vlmnb-tokens" style="line-height:1.9">{tokens_html(self.table)}</div></div></div>')
@@ -475,7 +564,8 @@ def view_sample(collator: VLMCollator, sample: dict, max_length: int | None = No
     table = token_table(collator, sample, batch)
     image_id = collator.processor.tokenizer.convert_tokens_to_ids(collator.arch.image_token)
     grid = patch_grid(batch, collator.arch, table, image_id) if sample.get("images") else None
-    return SampleView(sample.get("source_index", 0), table, list(sample.get("images") or []), grid, max_length)
+    return SampleView(sample.get("source_index", 0), table, list(sample.get("images") or []), grid, max_length,
+                      collator.stop_note if collator.eos_appended else "")
 
 # %% ../nbs/02_collate.ipynb #7d6fe847
 def inspect_samples(ds, collator: VLMCollator, max_length: int | None = None, report: BudgetReport | None = None):

@@ -21,9 +21,9 @@ from transformers.processing_utils import ProcessorMixin
 __all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'PRESETS', 'Arch',
            'registry_table', 'SmolVLMImageOnlyProcessor', 'Qwen2VLImageOnlyProcessor', 'Qwen2_5_VLImageOnlyProcessor',
            'Qwen3VLImageOnlyProcessor', 'has_torchvision', 'special_tokens', 'tiny_corpus', 'train_tiny_tokenizer',
-           'tiny_tokenizer', 'tiny_model', 'LoadError', 'arch_of', 'load_processor', 'quantization_config',
-           'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds', 'ModelSummary', 'component_of', 'model_summary',
-           'smoke_test', 'preset_model']
+           'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of', 'load_processor',
+           'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds', 'ModelSummary',
+           'component_of', 'model_summary', 'smoke_test', 'preset_model']
 
 # %% ../nbs/01_load.ipynb #0878d563
 @dataclass(frozen=True)
@@ -414,13 +414,36 @@ def _read_config(name_or_path: str, trust_remote_code: bool, **hub_kw):
                         f"(or the Hub cannot be reached; offline: {os.environ.get('HF_HUB_OFFLINE', '0') == '1'}). ({e})") from e
 
 # %% ../nbs/01_load.ipynb #3b92d78f
+def _sub_configs(config) -> set[str]:
+    "Names of a config's sub-configs, nested ones included (an omni model's thinker holds its vision and audio configs)."
+    names = set()
+    for k in getattr(config, "sub_configs", {}) or {}:
+        names.add(k)
+        if (sub := getattr(config, k, None)) is not None and hasattr(sub, "sub_configs"): names |= _sub_configs(sub)
+    return names
+
+def model_kind(config) -> str:
+    "What a config describes, in words: read from its sub-configs and the tasks transformers registers it for."
+    from transformers.models.auto import modeling_auto as auto
+    t = getattr(config, "model_type", None)
+    tasks = {n for n in dir(auto) if n.endswith("_MAPPING_NAMES") and t in getattr(auto, n)}
+    subs = _sub_configs(config)
+    vision = any("vision" in n for n in subs) or "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES" in tasks
+    audio = any("audio" in n or "speech" in n for n in subs) or bool(
+        tasks & {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "MODEL_FOR_CTC_MAPPING_NAMES", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"})
+    if vision and audio: return "a vision, audio and text (omni) model, which vlmnb does not support"
+    if audio: return "an audio-language model (speech in, text out), not a vision-language model"
+    if vision and "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES" not in tasks and "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES" not in tasks:
+        return "a vision encoder that generates no text (e.g. for image classification or retrieval), not a vision-language model"
+    if vision: return "a vision-language model vlmnb does not support yet"
+    return "a text-only language model" if "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES" in tasks or hasattr(config, "vocab_size") else "not a model type vlmnb knows"
+
 def arch_of(config) -> Arch:
-    "The registry entry for a config, or a `LoadError` naming the supported types."
+    "The registry entry for a config, or a `LoadError` saying what the model is and naming the supported types."
     t = getattr(config, "model_type", None)
     if t in ARCHS: return _check_arch(t)
-    kind = ("a text-only model" if not hasattr(config, "vision_config") else "a vision-language model vlmnb does not support")
-    raise LoadError(f"model_type {t!r} is {kind}. vlmnb fine-tunes vision-language models of these types: "
-                    f"{', '.join(ARCHS)}.")
+    raise LoadError(f"model_type {t!r} is {model_kind(config)}. vlmnb fine-tunes vision-language models (image and text "
+                    f"in, text out) of these types: {', '.join(ARCHS)}.")
 
 # %% ../nbs/01_load.ipynb #82d91c25
 def load_processor(name_or_path: str, arch: Arch | None = None, trust_remote_code: bool = False, **hub_kw):
