@@ -12,26 +12,23 @@ from pathlib import Path
 
 import torch
 
-from .collate import _bos_kw, _end_of_turn, _paligemma_parts, render, special_strings
+from .collate import CollateError, _bos_kw, _paligemma_parts, render, template_end_of_turn
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['METRICS', 'end_of_turn_ids', 'prompt_of', 'reference_of', 'generate_answers', 'normalise_answer', 'exact_match',
-           'Scored', 'accuracy', 'vqa_normalise', 'vqa_accuracy', 'anls', 'cer', 'wer', 'references_of', 'EvalResult',
-           'evaluate', 'Comparison', 'compare', 'select_rows', 'browse_errors', 'GenerationEval']
+__all__ = ['METRICS', 'CORPUS_METRICS', 'end_of_turn_ids', 'prompt_of', 'reference_of', 'generate_answers', 'normalise_answer',
+           'exact_match', 'Scored', 'accuracy', 'vqa_normalise', 'vqa_accuracy', 'vqa_exact_match', 'anls', 'cer',
+           'wer', 'corpus_error_rate', 'references_of', 'EvalResult', 'evaluate', 'Comparison', 'compare',
+           'select_rows', 'browse_errors', 'GenerationEval']
 
 # %% ../nbs/05_eval.ipynb #0ff21285
 def end_of_turn_ids(processor) -> list[int]:
-    "Token ids that end an assistant turn: the one the chat template writes after an answer, and eos."
+    "Token ids that end an assistant turn: the one the chat template writes after an answer (see collate), and eos."
     tok = processor.tokenizer
-    probe = [{"role": "user", "content": [{"type": "text", "text": "q"}]}, {"role": "assistant", "content": [{"type": "text", "text": "zq"}]}]
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    try:
-        text = render(processor, probe)
-        pos = text.rindex("zq") + 2
-        end = _end_of_turn(text, pos, special_strings(tok))
-        if end > pos: ids.add(tok.convert_tokens_to_ids(text[pos:end]))
-    except (ValueError, TypeError): pass
+    try: end = template_end_of_turn(processor)
+    except CollateError: end = None
+    if end: ids.add(tok.convert_tokens_to_ids(end))
     return sorted(i for i in ids if i is not None)
 
 # %% ../nbs/05_eval.ipynb #abbeb9d3
@@ -93,62 +90,95 @@ def accuracy(model, processor, samples: list[dict], max_new_tokens: int = 32, ba
     return Scored(preds, refs, [exact_match(p, r) for p, r in zip(preds, refs)])
 
 # %% ../nbs/05_eval.ipynb #915ee3ab
-_CONTRACTIONS = {c.replace("'", ""): c for c in (
-    "aren't can't couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd he'd've he's how'd how'll how's "
-    "i'd i'd've i'll i'm i've isn't it'd it'd've it'll let's ma'am mightn't mightn't've might've mustn't must've needn't "
-    "not've o'clock oughtn't shan't she'd she'd've she'll she's should've shouldn't shouldn't've somebody'd somebody'd've "
-    "somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've something'll that's "
-    "there'd there'd've there're there's they'd they'd've they'll they're they've twas wasn't we'd we'd've we'll we're "
-    "we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll "
-    "why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've").split()}
+_CONTRACTIONS = dict(pair.split("=") for pair in (  # the scorer's table, as key=value
+    "aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've couldnt've=couldn't've "
+    "didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've hadn'tve=hadn't've hasnt=hasn't havent=haven't "
+    "hed=he'd hed've=he'd've he'dve=he'd've hes=he's howd=how'd howll=how'll hows=how's Id've=I'd've I'dve=I'd've Im=I'm "
+    "Ive=I've isnt=isn't itd=it'd itd've=it'd've it'dve=it'd've itll=it'll let's=let's maam=ma'am mightnt=mightn't "
+    "mightnt've=mightn't've mightn'tve=mightn't've mightve=might've mustnt=mustn't mustve=must've neednt=needn't notve=not've "
+    "oclock=o'clock oughtnt=oughtn't ow's'at='ow's'at 'ows'at='ow's'at 'ow'sat='ow's'at shant=shan't shed've=she'd've "
+    "she'dve=she'd've she's=she's shouldve=should've shouldnt=shouldn't shouldnt've=shouldn't've shouldn'tve=shouldn't've "
+    "somebody'd=somebodyd somebodyd've=somebody'd've somebody'dve=somebody'd've somebodyll=somebody'll somebodys=somebody's "
+    "someoned=someone'd someoned've=someone'd've someone'dve=someone'd've someonell=someone'll someones=someone's "
+    "somethingd=something'd somethingd've=something'd've something'dve=something'd've somethingll=something'll thats=that's "
+    "thered=there'd thered've=there'd've there'dve=there'd've therere=there're theres=there's theyd=they'd theyd've=they'd've "
+    "they'dve=they'd've theyll=they'll theyre=they're theyve=they've twas='twas wasnt=wasn't wed've=we'd've we'dve=we'd've "
+    "weve=we've werent=weren't whatll=what'll whatre=what're whats=what's whatve=what've whens=when's whered=where'd "
+    "wheres=where's whereve=where've whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's whove=who've "
+    "whyll=why'll whyre=why're whys=why's wont=won't wouldve=would've wouldnt=wouldn't wouldnt've=wouldn't've "
+    "wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll y'allll=y'all'll yall'd've=y'all'd've y'alld've=y'all'd've "
+    "y'all'dve=y'all'd've youd=you'd youd've=you'd've you'dve=you'd've youll=you'll youre=you're youve=you've").split())
 _NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())} | {"none": "0"}
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: `(?!<=` is a lookahead, as in the scorer
+_COMMA_NUMBER = re.compile(r"(?<=\d)(\,)+(?=\d)")
+
+def _vqa_punctuation(text: str) -> str:
+    out = text
+    for p in _PUNCT:  # each check reads the original text
+        out = out.replace(p, "") if (p + " " in text or " " + p in text) or _COMMA_NUMBER.search(text) else out.replace(p, " ")
+    return _PERIOD.sub("", out, 32)  # the scorer passes re.UNICODE (32) as the count
+
+def _vqa_words(text: str) -> str:
+    words = [_NUMBERS.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 def vqa_normalise(answer: str) -> str:
-    "The VQAv2 evaluation's answer normalisation."
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or _COMMA_NUMBER.search(text): text = text.replace(p, "")
-        else: text = text.replace(p, " ")
-    text = _PERIOD.sub("", text)
-    words = [_NUMBERS.get(w, w) for w in text.lower().split() if w not in _ARTICLES]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
+    "The VQA scorer's normalisation of a predicted answer (EvalAI's answer processor, as lmms-eval runs it)."
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return _vqa_words(_vqa_punctuation(text.replace("\n", " ").replace("\t", " ").strip()))
 
 def vqa_accuracy(prediction: str, references: list[str]) -> float:
-    "VQAv2 accuracy: min(1, number of references equal to the prediction / 3), both normalised."
-    p = vqa_normalise(prediction)
-    return min(1.0, sum(vqa_normalise(r) == p for r in references) / 3)
+    "VQAv2 accuracy: the mean over leave-one-annotator-out subsets of min(1, matches / 3), as the official scorers compute it."
+    if not references: raise ValueError("vqa_accuracy needs the annotators' answers; got no reference.")
+    answer, refs = vqa_normalise(prediction), [r.replace("\n", " ").replace("\t", " ").strip() for r in references]
+    if len(set(refs)) > 1:
+        refs, answer = [_vqa_words(_vqa_punctuation(r)) for r in refs], _vqa_words(_vqa_punctuation(answer))
+    return sum(min(1.0, sum(r == answer for j, r in enumerate(refs) if j != i) / 3) for i in range(len(refs))) / len(refs)
+
+def vqa_exact_match(prediction: str, references: list[str]) -> float:
+    "1.0 when the VQA-normalised prediction equals a VQA-normalised reference: for data with one answer per question."
+    return float(vqa_normalise(prediction) in {vqa_normalise(r) for r in references})
 
 # %% ../nbs/05_eval.ipynb #41110ded
 from rapidfuzz.distance import Levenshtein
 import jiwer
 
 def anls(prediction: str, references: list[str] | str, threshold: float = 0.5) -> float:
-    "ANLS of one prediction: best `1 - normalised Levenshtein distance` over the references, 0 past `threshold`."
+    "ANLS of one answer, as the DocVQA evaluation script computes it."
     refs = [references] if isinstance(references, str) else references
-    p = " ".join(prediction.lower().split())
-    best = max(1 - Levenshtein.normalized_distance(p, " ".join(r.lower().split())) for r in refs)
-    return best if 1 - best < threshold else 0.0
+    squash = lambda s: " ".join(s.strip().lower().split())
+    nl = [Levenshtein.distance(squash(r), squash(prediction)) / n if (n := max(len(r.upper()), len(prediction.upper()))) else 0.0
+          for r in refs]
+    score = 1 - min(nl)
+    return 0.0 if score < threshold else score
 
 def cer(prediction: str, reference: str) -> float:
-    "Character error rate (jiwer)."
+    "Character error rate of one answer (jiwer)."
     return jiwer.cer(reference, prediction) if reference else float(bool(prediction))
 
 def wer(prediction: str, reference: str) -> float:
-    "Word error rate (jiwer)."
+    "Word error rate of one answer (jiwer)."
     return jiwer.wer(reference, prediction) if reference.strip() else float(bool(prediction.strip()))
+
+def corpus_error_rate(predictions: list[str], references: list[str], unit: str = "char") -> float:
+    "CER (`unit='char'`) or WER (`'word'`) over a set: total edits / total reference length, as jiwer computes on lists."
+    out = (jiwer.process_characters if unit == "char" else jiwer.process_words)(list(references), list(predictions))
+    errors, length = out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
+    return errors / length if length else float(errors > 0)
 
 # %% ../nbs/05_eval.ipynb #a6186b8c
 METRICS = {
     "exact_match": lambda p, refs: max(exact_match(p, r) for r in refs),
     "vqa_accuracy": vqa_accuracy,
+    "vqa_exact_match": vqa_exact_match,
     "anls": anls,
     "cer": lambda p, refs: cer(p, refs[0]),
     "wer": lambda p, refs: wer(p, refs[0]),
 }
+
+CORPUS_METRICS = {"cer": "char", "wer": "word"}  # summarised over the set, not as a mean of per-sample rates
 
 def _metric(m) -> tuple[str, callable]:
     if callable(m): return getattr(m, "__name__", "metric"), m
@@ -167,7 +197,16 @@ class EvalResult:
     metrics: list[str]
 
     @property
-    def summary(self) -> dict: return {m: sum(r[m] for r in self.rows) / max(1, len(self.rows)) for m in self.metrics}
+    def summary(self) -> dict:
+        "Mean of each metric; CER and WER corpus-level, with their per-sample mean beside them."
+        out = {}
+        for m in self.metrics:
+            mean = sum(r[m] for r in self.rows) / max(1, len(self.rows))
+            if m in CORPUS_METRICS:
+                out[m] = corpus_error_rate([r["prediction"] for r in self.rows], [r["references"][0] for r in self.rows], CORPUS_METRICS[m])
+                out[f"{m}_per_sample_mean"] = mean
+            else: out[m] = mean
+        return out
     def to_dict(self) -> dict: return {"n_samples": len(self.rows), "metrics": self.summary, "samples": self.rows}
 
     def _repr_markdown_(self):
@@ -185,6 +224,11 @@ def _question(messages) -> str:
 def evaluate(model, processor, samples: list[dict], metrics=("exact_match",), max_new_tokens: int = 32, batch_size: int = 16) -> EvalResult:
     "Generate an answer for each sample and score it with each metric."
     named = [_metric(m) for m in metrics]
+    if "vqa_accuracy" in metrics and (few := [(s.get("source_index", i), len(references_of(s))) for i, s in enumerate(samples)
+                                              if len(references_of(s)) < 4]):
+        raise ValueError(f"vqa_accuracy needs several annotators' answers per question (VQAv2 has 10): samples {[i for i, _ in few[:10]]} "
+                         f"have {sorted({n for _, n in few})} references, where even a right answer scores at most "
+                         f"{max(min(1, (n - 1) / 3) for _, n in few):.2f}. Use vqa_exact_match for one answer per question.")
     preds = generate_answers(model, processor, samples, max_new_tokens, batch_size)
     rows = []
     for i, (s, p) in enumerate(zip(samples, preds)):
