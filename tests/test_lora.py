@@ -121,3 +121,22 @@ def test_qlora_learns_after_an_eval_forward(model_type, tmp_path):
     assert losses[-1] < losses[0] - 1e-3, losses
     after = snapshot(peft_model, "vision tower")
     assert all(torch.equal(vision[n], after[n]) for n in vision)
+
+
+def test_modules_to_save_train_and_save(tmp_path):
+    "Axolotl's lora_modules_to_save: lm_head and embed_tokens trained in full, saved with the adapter, restored by load_lora."
+    from safetensors import safe_open
+    from vlmnb.lora import LoraSpec, apply_lora, load_lora, save_lora
+    from vlmnb.load import tiny_model
+    model, _ = tiny_model("llava")
+    pm = apply_lora(model, LoraSpec(modules_to_save=["lm_head", "embed_tokens"]))
+    full = sorted(n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n)
+    assert full == ["base_model.model.lm_head.modules_to_save.default.weight",
+                    "base_model.model.model.language_model.embed_tokens.modules_to_save.default.weight"]
+    with torch.no_grad(): pm.base_model.model.lm_head.modules_to_save["default"].weight.add_(1.0)
+    save_lora(pm, tmp_path)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f: keys = list(f.keys())
+    assert any("lm_head" in k for k in keys) and any("embed_tokens" in k for k in keys)
+    restored = load_lora(tiny_model("llava")[0], tmp_path)
+    assert torch.equal(restored.base_model.model.lm_head.modules_to_save["default"].weight,
+                       pm.base_model.model.lm_head.modules_to_save["default"].weight)

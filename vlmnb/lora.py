@@ -20,8 +20,9 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from .load import ARCHS, Arch, arch_of, component_of, keep_cpu_4bit_trainable
 
 # %% auto #0
-__all__ = ['EXTRA_FILE', 'LoraSpec', 'LinearSite', 'linear_sites', 'LoraTargetError', 'lora_targets', 'lora_config',
-           'extra_trainable', 'apply_lora', 'save_lora', 'load_lora', 'LoraReport', 'lora_report', 'snapshot']
+__all__ = ['EXTRA_FILE', 'LoraSpec', 'LinearSite', 'linear_sites', 'LoraTargetError', 'lora_targets', 'full_module_name',
+           'lora_config', 'extra_trainable', 'apply_lora', 'save_lora', 'load_lora', 'LoraReport', 'lora_report',
+           'snapshot']
 
 # %% ../nbs/03_lora.ipynb #e405523e
 @dataclass
@@ -41,6 +42,7 @@ class LoraSpec:
     layers: list[int] | None = None  # only these decoder layers of the language model (default: all)
     vision_layers: list[int] | None = None  # only these encoder layers of the vision tower (default: all)
     target_modules: str | list[str] | None = None  # explicit regex (full names) or list of names, replacing the switches
+    modules_to_save: list[str] | None = None  # modules trained in full and saved with the adapter, e.g. ['lm_head', 'embed_tokens']
     def __post_init__(self): _check_spec(self)
 
 # %% ../nbs/03_lora.ipynb #99939e26
@@ -114,12 +116,21 @@ def _zero_match(target, sites: list[LinearSite], arch: Arch) -> LoraTargetError:
                            f"the regex for its attention and MLP is: {arch.lora_target}")
 
 # %% ../nbs/03_lora.ipynb #cb826c6f
+def _v5_names(target: str, arch: Arch) -> str:
+    "A regex written for transformers 4 module names (`language_model.model.layers...`, as in many Axolotl configs) in 5's names."
+    lm = arch.language_model  # e.g. model.language_model; transformers 4 had language_model.model
+    return target.replace("language_model.model.", lm + ".") if lm.endswith("language_model") else target
+
 def lora_targets(model, spec: LoraSpec) -> list[str]:
     "Full names of the linear layers `spec` adapts in `model`; an error when it selects none."
     arch = arch_of(model.config)
     sites = linear_sites(model, arch)
     if spec.target_modules is not None:
         names = [s.name for s in sites if _matches(s.name, spec.target_modules)]
+        if not names and isinstance(spec.target_modules, str) and (v5 := _v5_names(spec.target_modules, arch)) != spec.target_modules:
+            names = [s.name for s in sites if _matches(s.name, v5)]
+            if names: warnings.warn(f"target_modules={spec.target_modules!r} names modules as transformers 4 did; in transformers 5 "
+                                    f"that is {v5!r}, which vlmnb uses ({len(names)} modules).", stacklevel=2)
         if not names: raise _zero_match(spec.target_modules, sites, arch)
         vision = [n for n in names if component_of(n, arch) == "vision tower"]
         if vision and not spec.vision:
@@ -134,6 +145,15 @@ def lora_targets(model, spec: LoraSpec) -> list[str]:
     return names
 
 # %% ../nbs/03_lora.ipynb #4bc53040
+def full_module_name(model, arch: Arch, name: str) -> str:
+    "The module path of `name` in `model`: `lm_head` and `embed_tokens` as the registry places them, else a path that must exist."
+    path = {"lm_head": arch.lm_head, "embed_tokens": f"{arch.language_model}.embed_tokens"}.get(name, name)
+    try: model.get_submodule(path)
+    except AttributeError:
+        raise LoraTargetError(f"modules_to_save: {name!r} is not a module of this {arch.name} model; give a full module path "
+                              f"(e.g. {arch.lm_head} or {arch.language_model}.embed_tokens).") from None
+    return path
+
 def lora_config(model, spec: LoraSpec) -> LoraConfig:
     "PEFT's `LoraConfig` for `spec` on `model`: exact module names, the projector trained in full if asked."
     arch = arch_of(model.config)
@@ -141,6 +161,7 @@ def lora_config(model, spec: LoraSpec) -> LoraConfig:
     for path in ([arch.projector, *arch.projector_extra] if spec.projector else []):
         m = model.get_submodule(path)  # a ModuleList (Qwen3-VL's deepstack mergers) is saved module by module
         save += [f"{path}.{i}" for i in range(len(m))] if isinstance(m, torch.nn.ModuleList) else [path]
+    if spec.modules_to_save: save = (save or []) + [full_module_name(model, arch, n) for n in spec.modules_to_save]
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, use_rslora=spec.rslora, use_dora=spec.dora,
                       target_modules=lora_targets(model, spec), modules_to_save=save, task_type="CAUSAL_LM")
 
