@@ -175,15 +175,18 @@ def extra_trainable(model, spec: LoraSpec) -> list[str]:
     return [n for n, _ in model.named_parameters() if _GATE.search(n)]
 
 # %% ../nbs/03_lora.ipynb #ad3ce37c
-def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool = False) -> PeftModel:
+def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool = False,
+               gradient_checkpointing_kwargs: dict | None = None) -> PeftModel:
     "Wrap `model` with the adapters of `spec` (QLoRA preparation for 4/8-bit models)."
     spec = spec or LoraSpec()
+    ckpt_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
     config = lora_config(model, spec)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         keep_cpu_4bit_trainable(model)  # load_model does it too; models quantized elsewhere may not have
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         model.enable_input_require_grads()
     with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #188b1431
 from __future__ import annotations
-import difflib, json, math, os, re, shutil, signal, time, warnings
+import difflib, importlib.util, json, math, os, re, shutil, signal, time, warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +18,13 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # %% auto #0
-__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'COMPLETE', 'DataSource', 'LoraFields', 'TrainConfig',
-           'ConfigError', 'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
-           'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
-           'RunSettings', 'run_settings', 'Preflight', 'preflight', 'demo_config', 'LossHistory', 'plot_history',
-           'complete_checkpoints', 'CompleteCheckpoints', 'StopOnSigint', 'TrainResult', 'training_args', 'train']
+__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES', 'COMPLETE',
+           'DataSource', 'LoraFields', 'TrainConfig', 'ConfigError', 'from_axolotl', 'make_config', 'image_policy',
+           'load_source', 'run_data', 'base_model_path', 'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision',
+           'activation_bytes', 'free_memory', 'RunSettings', 'run_settings', 'Preflight', 'resolve_attention',
+           'chat_template_note', 'per_epoch', 'check_optimizer', 'training_args', 'preflight', 'demo_config',
+           'LossHistory', 'plot_history', 'complete_checkpoints', 'CompleteCheckpoints', 'StopOnSigint', 'TrainResult',
+           'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
 class _Strict(BaseModel):
@@ -45,6 +47,7 @@ class LoraFields(_Strict):
     r: int = 16; alpha: float = 16; dropout: float = 0.0; rslora: bool = False; dora: bool = False
     layers: list[int] | None = None; vision_layers: list[int] | None = None
     target_modules: str | list[str] | None = None
+    modules_to_save: list[str] | None = None
 
 # %% ../nbs/04_train.ipynb #c88d3d4a
 class TrainConfig(_Strict):
@@ -64,7 +67,10 @@ class TrainConfig(_Strict):
     train_on_inputs: bool = False
     lora: LoraFields = LoraFields()
     quantization: Literal["4bit", "8bit"] | None = None
-    attn_implementation: str | None = None
+    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2 (sdpa, with a note, where flash-attn cannot run)
+    trust_remote_code: bool = False         # run code shipped with the checkpoint: only for repositories you trust
+    chat_template: str | None = None        # the template family the data is meant for (Axolotl's key): must be the checkpoint's own
+    append_eos: bool | None = None          # eos with a label after each answer; None: when the chat template writes no end-of-turn token
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     epochs: float = 1.0
@@ -78,14 +84,19 @@ class TrainConfig(_Strict):
     max_grad_norm: float = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    gradient_checkpointing_kwargs: dict | None = None  # e.g. {use_reentrant: false} (vlmnb's default)
     group_by_length: bool = True
     seed: int = 42
     logging_steps: int = 10
     eval_steps: int | None = None           # every this many steps: eval loss, and generation metrics on eval_samples
     save_steps: int | None = None           # checkpoint every this many steps (default: only at the end)
+    evals_per_epoch: int | None = None      # evaluate this many times an epoch (eval_steps computed once the step count is known)
+    saves_per_epoch: int | None = None      # checkpoint this many times an epoch
     save_total_limit: int | None = 2        # complete checkpoints kept
     output_dir: str = "outputs/vlmnb-run"
     report_to: list[str] = []
+    wandb: dict[str, str] = {}              # W&B settings (project, entity, name, watch, log_model), set as WANDB_* variables
+    ddp_find_unused_parameters: bool = False  # DDP: look for parameters without gradient each step (slower; some models need it)
     resume_from_checkpoint: str | bool | None = None  # a checkpoint folder, or true for the latest complete one
     eval_samples: int = 0                   # held-out samples answered by generation before and after training
     max_new_tokens: int = 32
@@ -101,6 +112,9 @@ def _contradictions(c: TrainConfig) -> list[str]:
     if c.eval_steps and not has_eval: out.append("eval_steps needs evaluation data: set val_set_size or eval_datasets")
     if c.eval_samples and not has_eval: out.append("eval_samples needs evaluation data: set val_set_size or eval_datasets")
     if c.eval_datasets and c.val_set_size: out.append("eval_datasets and val_set_size: hold out data one way, not both")
+    if c.eval_steps and c.evals_per_epoch: out.append("eval_steps and evals_per_epoch: give one, not both")
+    if c.save_steps and c.saves_per_epoch: out.append("save_steps and saves_per_epoch: give one, not both")
+    if c.wandb and "wandb" not in c.report_to: out.append("wandb settings need report_to: [wandb]")
     if c.image_resize != "none" and c.image_size is None: out.append(f"image_resize={c.image_resize} needs image_size")
     if c.quantization and c.precision == "fp16" and not torch.cuda.is_available(): out.append("precision=fp16 with quantization needs a GPU")
     return out
@@ -118,8 +132,9 @@ class ConfigError(ValueError):
 _SYNONYMS = {"rank": "r", "lora_r": "r", "lr": "learning_rate", "num_epochs": "epochs", "bs": "batch_size", "steps": "max_steps"}
 
 def _nearest(key: str, valid) -> str:
-    near = [_SYNONYMS[key]] if _SYNONYMS.get(key) in valid else difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(valid))}"
+    "A suggestion for an unknown key, only when one is really close (a wrong guess misleads more than none)."
+    near = [_SYNONYMS[key]] if _SYNONYMS.get(key) in valid else difflib.get_close_matches(key, list(valid), n=1, cutoff=0.8)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 def _check_keys(d: dict, model: type[BaseModel], where: str = "") -> list[str]:
     errs = []
@@ -149,13 +164,19 @@ AXOLOTL_KEYS = {
     "lora_modules_to_save": None, "base_model": "base_model", "dataset_prepared_path": None,
 }
 AXOLOTL_NOOPS = {"skip_prepare_dataset", "remove_unused_columns", "processor_type", "tokenizer_type", "model_type",
-                 "strict", "tf32", "dataset_prepared_path", "flash_attention", "sdp_attention", "xformers_attention",
-                 "wandb_project", "wandb_entity", "wandb_name", "wandb_log_model", "wandb_watch", "hub_model_id", "special_tokens",
-                 "logging_first_step", "early_stopping_patience", "local_rank", "debug", "ddp_timeout"}
+                 "strict", "tf32", "dataset_prepared_path", "xformers_attention", "hub_model_id", "special_tokens",
+                 "logging_first_step", "early_stopping_patience", "local_rank", "debug", "ddp_timeout", "save_first_step"}
+# Refused when set; unset, empty or false they mean what vlmnb does anyway (`sample_packing: false`, `lora_model_dir:`).
 AXOLOTL_UNSUPPORTED = {"sample_packing", "pad_to_sequence_len", "eval_sample_packing", "deepspeed", "fsdp", "fsdp_config",
-                       "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "rl", "dpo_beta", "chat_template",
-                       "chat_template_jinja", "relora_steps", "neftune_noise_alpha", "gptq", "load_best_model_at_end",
+                       "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "rl", "dpo_beta",
+                       "relora_steps", "neftune_noise_alpha", "gptq", "load_best_model_at_end",
                        "lora_model_dir", "peft_layers_to_transform", "torch_compile"}
+# Keys that change only speed or memory (Liger and cut-cross-entropy kernels, LoRA Triton kernels): accepted with a note.
+AXOLOTL_SPEED_ONLY = re.compile(r"liger_\w+|cut_cross_entropy|lora_(mlp|qkv|o)_kernel|use_kernels")
+# Axolotl's chat_template names and the families whose own template they are ('tokenizer_default': the checkpoint's).
+AXOLOTL_TEMPLATES = {"llama3_2_vision": ("mllama",), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl"), "qwen3_vl": ("qwen3_vl",),
+                     "gemma3": ("gemma3",), "llava": ("llava", "llava_next"), "pixtral": ("mistral3",),
+                     "mistral_v7_tekken": ("mistral3",), "chatml": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
 
 # %% ../nbs/04_train.ipynb #6c0bfaa8
 def _set(d: dict, dotted: str, value):
@@ -163,17 +184,61 @@ def _set(d: dict, dotted: str, value):
     for h in head: d = d.setdefault(h, {})
     d[last] = value
 
+def _unset(v) -> bool: return v in (None, False, [], {}, "")
+
+def _train_on_eos(v, key: str, notes: list[str]):
+    if _unset(v): return
+    if v != "turn": raise ConfigError(f"{key}={v!r}: vlmnb labels the end-of-turn token of every assistant turn (Axolotl's "
+                                      "`turn`); `all`, `last` and `none` are not supported. Remove the key or set it to turn.")
+    notes.append(f"{key}: turn is what vlmnb does (each assistant turn's end-of-turn token carries a label)")
+
+def _plugins(v, notes: list[str]):
+    other = [p for p in (v or []) if not re.search(r"liger|cut_cross_entropy", str(p), re.I)]
+    if other: raise ConfigError(f"plugins: {other} are not plugins vlmnb knows; it accepts only the speed-only Liger and "
+                                "cut-cross-entropy plugins. Remove the others.")
+    if v: notes.append(f"plugins {v}: speed and memory only; vlmnb trains without them (the same loss)")
+
+def _wandb(out: dict) -> None:
+    if "project" not in out.get("wandb", {}): out.pop("wandb", None); return
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("wandb_project is set but wandb is not installed: pip install wandb, or remove wandb_project.")
+    out["report_to"] = sorted(set(out.get("report_to", [])) | {"wandb"})
+
+# %% ../nbs/04_train.ipynb #94237372
 def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
-    "vlmnb config keys from an Axolotl-style dict: `(config, notes)`; unsupported keys raise `ConfigError`."
-    unsupported = sorted(k for k in raw if k in AXOLOTL_UNSUPPORTED and raw[k] not in (None, False, [], {}))
+    "vlmnb config keys from an Axolotl-style dict: `(config, notes)`; what vlmnb cannot honour raises `ConfigError`."
+    unsupported = sorted(k for k in raw if k in AXOLOTL_UNSUPPORTED and not _unset(raw[k]))
     if unsupported:
         raise ConfigError(f"Axolotl keys that would change training but vlmnb does not support: {', '.join(unsupported)}. "
                           "Remove them (FSDP and DeepSpeed come through `accelerate launch` with an accelerate config).")
+    if not _unset(raw.get("chat_template_jinja")):
+        raise ConfigError("chat_template_jinja: vlmnb always renders the checkpoint's own chat template (it finds the answers in "
+                          "what the template renders, and the model is served with it). To train with another template, set "
+                          "it on the processor (processor.chat_template = ...), save_pretrained the model and processor to a "
+                          "folder, and use that folder as base_model.")
+    if _unset(raw.get("adapter")) and "lora" not in raw:
+        raise ConfigError("adapter: not set. Axolotl reads a config without `adapter` as full fine-tuning, which vlmnb does "
+                          "not do (it trains LoRA and QLoRA adapters). Add `adapter: lora` or `adapter: qlora`.")
     out, notes = {}, []
     for k, v in raw.items():
-        if k == "datasets": out["datasets"] = [_axolotl_dataset(d, i) for i, d in enumerate(v)]
-        elif k == "test_datasets": out["eval_datasets"] = [_axolotl_dataset(d, i) for i, d in enumerate(v)]
-        elif k in TrainConfig.model_fields and k not in AXOLOTL_KEYS: out[k] = v
+        if k in AXOLOTL_UNSUPPORTED or k == "chat_template_jinja": continue  # unset: the same as vlmnb
+        if k == "datasets": out["datasets"] = [_axolotl_dataset(d, i, notes) for i, d in enumerate(v)]
+        elif k == "test_datasets": out["eval_datasets"] = [_axolotl_dataset(d, i, notes) for i, d in enumerate(v)]
+        elif k in ("flash_attention", "sdp_attention", "eager_attention"):
+            if v: out["attn_implementation"] = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa"}.get(k, "eager")
+        elif k.startswith("wandb_"):
+            if not _unset(v): out.setdefault("wandb", {})[k[len("wandb_"):]] = str(v)
+        elif k == "train_on_eos": _train_on_eos(v, k, notes)
+        elif k == "eot_tokens":
+            if v: notes.append(f"eot_tokens {v}: vlmnb labels the token the checkpoint's chat template writes after each "
+                               "answer, and appends eos where it writes none")
+        elif k == "plugins": _plugins(v, notes)
+        elif AXOLOTL_SPEED_ONLY.fullmatch(k):
+            if not _unset(v): notes.append(f"{k}: speed or memory only; vlmnb trains without it (the same loss)")
+        elif k in ("bfloat16", "float16"):
+            if v: out["precision"] = "bf16" if k == "bfloat16" else "fp16"; notes.append(f"{k}: training in {out['precision']}")
+        elif k in TrainConfig.model_fields and k not in AXOLOTL_KEYS:
+            if v is not None: out[k] = v
         elif k in AXOLOTL_NOOPS: notes.append(f"{k}: accepted, no effect in vlmnb")
         elif k == "adapter":
             if v not in ("lora", "qlora"): raise ConfigError(f"adapter={v!r}: vlmnb trains 'lora' or 'qlora' adapters.")
@@ -185,24 +250,24 @@ def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
         elif k == "lora_target_linear":
             if v: _set(out, "lora.attention", True); _set(out, "lora.mlp", True)
         elif k == "lora_modules_to_save":
-            if v: _set(out, "lora.projector", True); notes.append(f"lora_modules_to_save={v}: the projector is trained in full")
-        elif k in ("flash_attention", "sdp_attention", "eager_attention"):
-            if v: out["attn_implementation"] = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa"}.get(k, "eager")
+            if v: _set(out, "lora.modules_to_save", list(v))
         elif k in AXOLOTL_KEYS and AXOLOTL_KEYS[k]: _set(out, AXOLOTL_KEYS[k], v)
-        else: out[k] = v  # unknown: make_config names it with the nearest valid key
+        else: out[k] = v  # unknown: make_config names it
+    _wandb(out)
     if "image_size" in out and "image_resize" not in out: out["image_resize"] = "stretch"
     return out, notes
 
-_DATASET_NOOPS = {"type", "ds_type", "roles_to_train", "train_on_eos", "name"}
+_DATASET_NOOPS = {"type", "ds_type", "roles_to_train"}
 
-def _axolotl_dataset(d: dict, i: int) -> dict:
+def _axolotl_dataset(d: dict, i: int, notes: list[str]) -> dict:
     "An Axolotl `datasets` entry as a vlmnb `DataSource` dict."
     if d.get("type") not in (None, "chat_template"):
         raise ConfigError(f"datasets[{i}].type={d['type']!r}: vlmnb reads chat and vision layouts by itself (type: chat_template); "
                           "text-only prompt formats are not supported.")
-    out = {k: v for k, v in d.items() if k not in _DATASET_NOOPS and k not in ("data_files", "field_messages")}
+    _train_on_eos(d.get("train_on_eos"), f"datasets[{i}].train_on_eos", notes)
+    out = {k: v for k, v in d.items() if k not in _DATASET_NOOPS and k not in ("data_files", "field_messages", "train_on_eos")}
     if "data_files" in d: out["path"] = d["data_files"] if isinstance(d["data_files"], str) else d["data_files"][0]
-    if "field_messages" in d: out["column_map"] = {**out.get("column_map", {}), d["field_messages"]: "messages"}
+    if d.get("field_messages") not in (None, "messages"): out["column_map"] = {**out.get("column_map", {}), d["field_messages"]: "messages"}
     return out
 
 # %% ../nbs/04_train.ipynb #7d9c3ad3
@@ -278,6 +343,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, BudgetFit
 from .lora import LoraSpec, apply_lora, lora_targets, lora_report, save_lora
 
@@ -366,6 +432,11 @@ class Preflight:
     targets: list[str]
     arch: str
     settings: RunSettings
+    stop: str = ""                          # how the model learns to stop (the collator's `stop_note`)
+    attn_implementation: str | None = None  # as resolved (sdpa where flash-attention cannot run)
+    eval_steps: int | None = None           # resolved from eval_steps or evals_per_epoch
+    save_steps: int | None = None           # resolved from save_steps or saves_per_epoch
+    notes: list[str] = field(default_factory=list)  # what the config asked for that vlmnb reads its own way
     seconds: float = 0.0
 
     def _repr_markdown_(self):
@@ -377,20 +448,78 @@ class Preflight:
         if self.fit: lines.append(f"- budget: {self.fit}")
         lines.append(f"- LoRA: {len(self.targets)} modules, e.g. `{self.targets[0]}`" if self.targets else "- LoRA: projector only")
         lines.append(f"- settings: {self.settings.summary()}")
-        return "\n".join(lines)
+        lines.append(f"- stop token: {self.stop}")
+        return "\n".join(lines + [f"- note: {n}" for n in self.notes])
 
     def __str__(self): return self._repr_markdown_().replace("**", "").replace("`", "")
 
+# %% ../nbs/04_train.ipynb #e6973746
+def resolve_attention(requested: str | None) -> tuple[str | None, str]:
+    "The attention implementation to load with, and a note when it differs from the one asked for."
+    if requested not in ("flash_attention_2", "flash_attention_3"): return requested, ""
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available(): return requested, ""
+    return "sdpa", (f"attention: {requested} needs the flash-attn package and a CUDA GPU, which this machine lacks; "
+                    "sdpa is used instead (the same attention, more memory)")
+
+def chat_template_note(name: str | None, arch) -> str:
+    "A note when a config names the checkpoint's own template family; a `ConfigError` when it names another."
+    if not name: return ""
+    if name == "tokenizer_default" or arch.model_type in AXOLOTL_TEMPLATES.get(name, ()):
+        return f"chat_template: {name} is {arch.name}'s own format; vlmnb renders the checkpoint's own template"
+    own = [k for k, v in AXOLOTL_TEMPLATES.items() if arch.model_type in v] + ["tokenizer_default"]
+    raise ConfigError(f"chat_template={name!r} is not {arch.name}'s format. vlmnb always renders the checkpoint's own chat "
+                      "template (it finds the answers in what it renders, and the model is served with it), so training in "
+                      f"another format would teach the model a prompt it never sees. Remove chat_template, or set it to "
+                      f"{' or '.join(own)}.")
+
+def per_epoch(every: int | None, per_epoch_count: int | None, steps_per_epoch: int) -> int | None:
+    "A step interval: given, or `steps_per_epoch / per_epoch_count` rounded up."
+    return every or (math.ceil(steps_per_epoch / per_epoch_count) if per_epoch_count else None)
+
+def check_optimizer(c: TrainConfig, args: TrainingArguments) -> None:
+    "Build the Trainer's optimizer on a dummy parameter: one that cannot run here fails now."
+    try: cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args); cls([torch.nn.Parameter(torch.zeros(64, 64))], **kwargs)
+    except Exception as e: raise ConfigError(f"optimizer={c.optimizer!r} cannot be built here ({e}). Use adamw_torch.") from None
+
+# %% ../nbs/04_train.ipynb #f9205c91
+def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_steps: int | None = None,
+                  save_steps: int | None = None) -> TrainingArguments:
+    "The Trainer's arguments for a config, its resolved settings and step intervals (a bad value is a `ConfigError`)."
+    eval_steps, save_steps = eval_steps or c.eval_steps, save_steps or c.save_steps
+    try: return TrainingArguments(
+        output_dir=c.output_dir, per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps, num_train_epochs=c.epochs, max_steps=c.max_steps,
+        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler, warmup_steps=c.warmup_ratio or c.warmup_steps,
+        weight_decay=c.weight_decay, optim=c.optimizer, max_grad_norm=c.max_grad_norm, logging_steps=c.logging_steps,
+        eval_strategy="steps" if (has_eval and eval_steps) else "no", eval_steps=eval_steps,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_total_limit=None,
+        seed=c.seed, data_seed=c.seed, report_to=c.report_to or "none", remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if c.group_by_length else "random", length_column_name="length",
+        dataloader_num_workers=c.num_workers, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
+        disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=c.ddp_find_unused_parameters,
+        bf16=settings.precision == "bf16", fp16=settings.precision == "fp16")
+    except ValueError as e:
+        from transformers.training_args import OptimizerNames, SchedulerType
+        for key, value, valid in (("optimizer", c.optimizer, [o.value for o in OptimizerNames]),
+                                  ("lr_scheduler", c.lr_scheduler, [s.value for s in SchedulerType])):
+            if value not in valid:
+                near = difflib.get_close_matches(value, valid, n=1, cutoff=0.8)
+                raise ConfigError(f"{key}={value!r} is not one the Trainer knows" + (f"; did you mean {near[0]!r}?" if near else
+                                  f" (e.g. {valid[0]!r}; see transformers' {'OptimizerNames' if key == 'optimizer' else 'SchedulerType'}).")) from None
+        raise ConfigError(f"the Trainer refuses these settings: {e}") from None
+
 # %% ../nbs/04_train.ipynb #038710c8
 def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
-    "Check data, token budget and LoRA targets of a config before training: a `Preflight` or a clear error."
+    "Check data, token budget, LoRA targets and the Trainer's settings of a config before training: a `Preflight` or a clear error."
     t0 = time.time()
     path = base_model_path(c)
-    if processor is None: processor = load_processor(path)
-    config = transformers.AutoConfig.from_pretrained(path)
+    attn, why = resolve_attention(c.attn_implementation)
+    if processor is None: processor = load_processor(path, trust_remote_code=c.trust_remote_code)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=c.trust_remote_code)
     arch = arch_of(config)
+    notes = [n for n in (why, chat_template_note(c.chat_template, arch)) if n]
     train_ds, eval_ds, reports = run_data(c)
-    collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs)
+    collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = token_budget(train_ds, collator, c.max_length)
     if budget.problems and c.on_bad_data == "raise":
         raise ConfigError("samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in budget.problems[:10]))
@@ -404,11 +533,17 @@ def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
         if eval_budget.problems: raise ConfigError("evaluation samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in eval_budget.problems[:10]))
         eval_ds, eval_fit = fit_to_budget(eval_ds, eval_budget, c.truncation)
         eval_ds = _with_lengths(eval_ds, eval_fit.lengths, c)
+    elif c.evals_per_epoch: notes.append("evals_per_epoch: there is no evaluation data (val_set_size 0), so nothing is evaluated")
     if model is None:
         with torch.device("meta"): model = transformers.AutoModelForImageTextToText.from_config(config)
     targets = lora_targets(model, lora_spec(c))
     settings = run_settings(c, config.get_text_config(), budget)
-    return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, settings, time.time() - t0)
+    steps_per_epoch = math.ceil(len(train_ds) / (c.batch_size * c.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))))
+    eval_steps = per_epoch(c.eval_steps, c.evals_per_epoch, steps_per_epoch) if eval_ds is not None else None
+    save_steps = per_epoch(c.save_steps, c.saves_per_epoch, steps_per_epoch)
+    check_optimizer(c, training_args(c, eval_ds is not None, settings, eval_steps, save_steps))
+    return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, settings, collator.stop_note, attn,
+                     eval_steps, save_steps, notes, time.time() - t0)
 
 # %% ../nbs/04_train.ipynb #982ba021
 def _with_lengths(ds, lengths: list[int], c: TrainConfig):
@@ -425,8 +560,6 @@ def demo_config(output_dir: str = "outputs/demo", **overrides) -> TrainConfig:
                         "output_dir": output_dir, "seed": 0, **overrides})
 
 # %% ../nbs/04_train.ipynb #b8b8df13
-from transformers import Trainer, TrainerCallback, TrainingArguments
-
 class LossHistory(TrainerCallback):
     "Collects logged losses; in a notebook, redraws a loss curve in place."
     def __init__(self, live: bool = False): self.history, self.live, self.handle = [], live, None
@@ -497,22 +630,6 @@ class TrainResult:
         return "\n".join(lines)
     def __str__(self): return self._repr_markdown_().replace("**", "")
 
-# %% ../nbs/04_train.ipynb #f9205c91
-def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings) -> TrainingArguments:
-    "The Trainer's arguments for a config and its resolved settings."
-    return TrainingArguments(
-        output_dir=c.output_dir, per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
-        gradient_accumulation_steps=c.gradient_accumulation_steps, num_train_epochs=c.epochs, max_steps=c.max_steps,
-        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler, warmup_steps=c.warmup_ratio or c.warmup_steps,
-        weight_decay=c.weight_decay, optim=c.optimizer, max_grad_norm=c.max_grad_norm, logging_steps=c.logging_steps,
-        eval_strategy="steps" if (has_eval and c.eval_steps) else "no", eval_steps=c.eval_steps,
-        save_strategy="steps" if c.save_steps else "no", save_steps=c.save_steps or 500, save_total_limit=None,
-        seed=c.seed, data_seed=c.seed, report_to=c.report_to or "none", remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if c.group_by_length else "random", length_column_name="length",
-        dataloader_num_workers=c.num_workers, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
-        disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=False,
-        bf16=settings.precision == "bf16", fp16=settings.precision == "fp16")
-
 # %% ../nbs/04_train.ipynb #754a07ec
 def _resume_point(c: TrainConfig) -> str | None:
     r = c.resume_from_checkpoint
@@ -557,18 +674,22 @@ def train(config: TrainConfig | dict | str | Path | None = None, overrides: list
     transformers.set_seed(c.seed)
     Path(c.output_dir).mkdir(parents=True, exist_ok=True)
     path = base_model_path(c)
-    model, processor = load_model(path, quantization=c.quantization, attn_implementation=c.attn_implementation)
+    model, processor = load_model(path, quantization=c.quantization, attn_implementation=resolve_attention(c.attn_implementation)[0],
+                                  trust_remote_code=c.trust_remote_code)
     pf = preflight(c, processor, model)
     if is_main_process(): print(pf)
     samples = _eval_samples(c, pf.eval)
     before = accuracy(model, processor, samples, c.max_new_tokens) if samples else None
     transformers.set_seed(c.seed)
-    peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=pf.settings.gradient_checkpointing)
-    collator = VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length)
+    peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=pf.settings.gradient_checkpointing,
+                            gradient_checkpointing_kwargs=c.gradient_checkpointing_kwargs)
+    collator = VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
+                           append_eos=c.append_eos)
+    os.environ.update({f"WANDB_{k.upper()}": v for k, v in c.wandb.items()})
     history, stop = LossHistory(live=_in_notebook()), StopOnSigint()
     from vlmnb.eval import GenerationEval
     gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
-    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings), train_dataset=pf.train,
+    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps), train_dataset=pf.train,
                       eval_dataset=pf.eval, data_collator=collator,
                       callbacks=[history, CompleteCheckpoints(c.save_total_limit), stop, *([gen_eval] if gen_eval else []), *callbacks])
     if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
