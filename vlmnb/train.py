@@ -343,9 +343,9 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
-from transformers import Trainer, TrainerCallback, TrainingArguments
 from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, BudgetFit
-from .lora import LoraSpec, apply_lora, lora_targets, lora_report, save_lora
+from .lora import LoraSpec, apply_lora, lora_targets, lora_report, save_lora  # (sets bitsandbytes' logger before peft loads it)
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 def base_model_path(c: TrainConfig) -> str:
     "Where the base model is: the config's, or a tiny one built into the output folder (by the main process)."
