@@ -67,9 +67,7 @@ online: install
 # Stored outputs are the docs: re-run notebooks (make outputs NB="nbs/02_collate.ipynb ...") with widget state kept, then clean.
 NB ?=
 outputs: install
-	@for nb in $(NB); do echo "executing $$nb"; env -u MPLBACKEND $(PY) -c "import sys, nbformat, nbclient; p = sys.argv[1]; nb = nbformat.read(p, 4); \
-	nbclient.NotebookClient(nb, timeout=900, kernel_name='python3', store_widget_state=True, \
-	resources={'metadata': {'path': 'nbs'}}).execute(); nbformat.write(nb, p)" $$nb && $(BIN)/nbdev-clean --fname $$nb || exit 1; done
+	@for nb in $(NB); do env -u MPLBACKEND $(PY) .ci/outputs.py $$nb && $(BIN)/nbdev-clean --fname $$nb || exit 1; done
 
 # The embedded demo: a tiny SmolVLM learns the colour of a shape on CPU; see README.md.
 demo: install

@@ -272,3 +272,21 @@ def test_wandb_project_is_honoured_or_refused(local, tmp_path):
     else:
         c = make_config(base)
         assert c.report_to == ["wandb"] and c.wandb == {"project": "vlmnb-test", "name": "run-1"}
+
+
+def test_example_reads_a_dataset_repository_with_its_split_as_written(local, tmp_path, monkeypatch):
+    "The example's dataset entry unchanged (type, split: train[:1%], field_messages) but for its path: a local folder in the"
+    " layout of HuggingFaceH4/llava-instruct-mix-vsft, read by `datasets.load_dataset` exactly like the Hub id."
+    import datasets as hfd
+    from test_data_hub import LLAVA_CARD, LLAVA_FEATURES, llava_row, write_shards
+    monkeypatch.setattr(hfd.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    repo = tmp_path / "llava-instruct-mix-vsft"
+    colours = ["red", "green", "blue", "yellow", "purple", "cyan"]
+    write_shards(repo / "data", "train", [[llava_row(i, [colours[i % 6]]) for i in range(200)]], LLAVA_FEATURES)
+    write_shards(repo / "data", "test", [[llava_row(0, ["white"])]], LLAVA_FEATURES)
+    (repo / "README.md").write_text(LLAVA_CARD.replace("num_examples: 5\n", "num_examples: 200\n").replace("num_examples: 2\n", "num_examples: 1\n"))
+    cfg = as_run("qwen2_vl", local, tmp_path / "out")
+    cfg["datasets"] = [{**yaml.safe_load(EXAMPLES["qwen2_vl"])["datasets"][0], "path": str(repo)}]
+    assert cfg["datasets"][0]["split"] == "train[:1%]"
+    pf = preflight(make_config(cfg))
+    assert len(pf.train) == 2  # 1% of 200 rows, as datasets slices it

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #a240194f
 from __future__ import annotations
-import base64, binascii, csv, hashlib, io, json, math, os, random, textwrap, urllib.error, urllib.parse, urllib.request, warnings
+import base64, binascii, csv, hashlib, io, itertools, json, math, os, random, re, textwrap, urllib.error, urllib.parse, urllib.request, warnings
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -14,15 +14,18 @@ from typing import Any, Iterable, Literal
 
 import datasets as hfd
 import numpy as np
+import yaml
+from datasets.exceptions import DatasetNotFoundError
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'Resize', 'Resample', 'MANIFEST_NAMES', 'FORMATS', 'COLOURS',
-           'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'image_ref', 'canonical_sample',
-           'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image', 'normalise_image',
-           'check_image', 'check_sample', 'DataReport', 'from_image_folder', 'read_records', 'DataError',
-           'decode_transform', 'canonical_dataset', 'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes',
-           'text_images', 'load_data', 'show_samples']
+__all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS', 'Resize', 'Resample',
+           'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'COLOURS', 'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC',
+           'Problem', 'SampleError', 'image_ref', 'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy',
+           'open_image', 'to_rgb', 'resize_image', 'normalise_image', 'check_image', 'check_sample', 'DataReport',
+           'parse_split', 'split_rows', 'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub', 'read_records',
+           'DataError', 'decode_transform', 'canonical_dataset', 'prepare', 'load_samples', 'check', 'colour_shapes',
+           'count_shapes', 'text_images', 'load_data', 'show_samples']
 
 # %% ../nbs/00_data.ipynb #518a92fb
 ROLES = ("system", "user", "assistant")
@@ -155,6 +158,33 @@ def _prompt_completion(record, index) -> list:
                  else [{"role": role, "content": value}]
     return turns
 
+# %% ../nbs/00_data.ipynb #935ba781
+QUESTION_COLUMNS = ("question", "query")                                    # VQAv2 and DocVQA; ChartQA
+ANSWER_COLUMNS = ("answer", "multiple_choice_answer", "answers", "label")  # the first one present is used
+
+def _user_assistant_pairs(texts, index) -> list:
+    "The Cauldron's `texts`, `[{'user', 'assistant', 'source'}]`, as turns."
+    if not isinstance(texts, (list, tuple)) or not texts:
+        _fail(index, "bad_layout", "texts must be a non-empty list of {'user', 'assistant'} pairs (the Cauldron's layout).")
+    turns = []
+    for k, pair in enumerate(texts):
+        if not isinstance(pair, dict) or not {"user", "assistant"} <= set(pair):
+            _fail(index, "bad_layout", f"texts item {k} is {str(pair)[:60]!r}; each item needs a 'user' and an 'assistant' text.")
+        turns += [{"role": "user", "content": pair["user"]}, {"role": "assistant", "content": pair["assistant"]}]
+    return turns
+
+def _question_answer(record, index) -> list | None:
+    "A question column and an answer column (VQA sets) as turns; None when the record has no such pair."
+    q = next((k for k in QUESTION_COLUMNS if k in record), None)
+    a = next((k for k in ANSWER_COLUMNS if k in record), None)
+    if q is None or a is None: return None
+    answer = record[a]
+    if isinstance(answer, (list, tuple)):
+        if not answer: _fail(index, "empty_assistant", f"the {a!r} column is an empty list, so there is no answer to learn. Drop the sample or add an answer.")
+        answer = answer[0]
+    if isinstance(answer, dict) and "answer" in answer: answer = answer["answer"]  # VQAv2's per-annotator {answer, answer_confidence, answer_id}
+    return [{"role": "user", "content": record[q]}, {"role": "assistant", "content": answer}]
+
 # %% ../nbs/00_data.ipynb #2cd64ad8
 def _gather_images(turns, inline, record, index) -> list:
     column = record.get("images", record.get("image"))
@@ -192,8 +222,10 @@ def canonical_sample(
     record = {(column_map or {}).get(k, k): v for k, v in record.items()}
     if "messages" in record or "conversations" in record: raw = record.get("messages", record.get("conversations"))
     elif "prompt" in record: raw = _prompt_completion(record, index)
-    else: _fail(index, "bad_layout", f"has none of messages, conversations or prompt/completion (keys: {sorted(record)}). "
-                                     "Rename your columns with column_map.")
+    elif "texts" in record: raw = _user_assistant_pairs(record["texts"], index)
+    elif (raw := _question_answer(record, index)) is None:
+        _fail(index, "bad_layout", f"has none of messages, conversations, prompt/completion, texts or a question and an answer column "
+                                   f"(keys: {sorted(record)}). Rename your columns with column_map.")
     if not isinstance(raw, (list, tuple)) or not raw: _fail(index, "bad_layout", "messages must be a non-empty list of turns.")
     turns, inline = [], []
     for t, msg in enumerate(raw):
@@ -383,25 +415,41 @@ class DataReport:
         return f"**{self.summary()}**" + (f"\n\n| sample | kind | problem |\n|---:|---|---|\n{rows}" if rows else "")
 
 # %% ../nbs/00_data.ipynb #ce6bdf78
-def _undecoded(ds: hfd.Dataset) -> hfd.Dataset:
-    "Cast every Image feature (also inside lists) to decode=False, so records carry bytes/paths, not pixels."
-    def cast(f):
-        if isinstance(f, hfd.Image): return hfd.Image(decode=False)
-        if isinstance(f, (hfd.List, hfd.LargeList)): return type(f)(cast(f.feature))
-        if isinstance(f, dict): return {k: cast(v) for k, v in f.items()}
-        return f
-    feats = hfd.Features({k: cast(v) for k, v in ds.features.items()})
-    if feats == ds.features: return ds
-    quiet = not hfd.is_progress_bar_enabled()
-    hfd.disable_progress_bars()
-    try: return ds.cast(feats)
-    finally:
-        if not quiet: hfd.enable_progress_bars()
+def _stored_rows(ds) -> Iterable[dict]:
+    "Rows of a `Dataset` or `IterableDataset` as stored: image columns (also in lists) as `{'bytes', 'path'}`, never decoded."
+    batch_size = 1 if isinstance(ds, hfd.IterableDataset) else 32  # a stream is read no further than the rows taken
+    for batch in ds.with_format("arrow").iter(batch_size=batch_size): yield from batch.to_pylist()
 
-def _pick_split(dd: hfd.DatasetDict, split: str | None, name: str) -> hfd.Dataset:
+def _pick_split(dd, split: str | None, name: str):
     if split is None and len(dd) == 1: return next(iter(dd.values()))
     if split not in dd: raise ValueError(f"{name} has splits {sorted(dd)}; pass split= (--split) with one of them.")
     return dd[split]
+
+# %% ../nbs/00_data.ipynb #2398a655
+_SPLIT = re.compile(r"(?P<split>[\w.-]+)(?:\[(?P<start>-?[\d_]+%?)?:(?P<stop>-?[\d_]+%?)?\])?")
+
+def parse_split(spec: str) -> tuple[str, str | None, str | None]:
+    "`'train[10:20%]'` -> `('train', '10', '20%')`: a split name and the bounds of its slice, in `datasets`' syntax."
+    m = _SPLIT.fullmatch(spec.replace(" ", ""))
+    if m is None: raise ValueError(f"split={spec!r} is not a split or a slice of one; write train, train[:100], train[10:20], "
+                                   "train[:1%] or test[-50:] (one split per source: add a source for another split).")
+    return m["split"], m["start"], m["stop"]
+
+def _row(bound: str | None, n_rows: int) -> int | None:
+    if bound is None: return None
+    b = bound.replace("_", "")
+    return round(int(b[:-1]) * n_rows / 100) if b.endswith("%") else int(b)  # a percentage: the closest row
+
+def split_rows(start: str | None, stop: str | None, n_rows: int) -> range:
+    "The rows of a split of `n_rows` that bounds from `parse_split` select, clipped at the ends as Python slices are."
+    return range(n_rows)[_row(start, n_rows):_row(stop, n_rows)]
+
+def _dataset_records(ds, split: str | None):
+    "`(index, record)` pairs of a `Dataset`, or of one split of a `DatasetDict`, sliced as `split` says."
+    base, start, stop = parse_split(split) if split else (None, None, None)
+    if isinstance(ds, hfd.DatasetDict): ds = _pick_split(ds, base, "the DatasetDict")
+    rows = split_rows(start, stop, len(ds))
+    return zip(rows, _stored_rows(ds.select(rows) if len(rows) != len(ds) else ds)), None, len(rows)
 
 # %% ../nbs/00_data.ipynb #f3e4ca09
 def _jsonl(path: Path) -> Iterable[tuple[int, Any]]:
@@ -446,29 +494,119 @@ def from_image_folder(folder: str | Path, manifest: str | Path | None = None, pr
         out.append({"prompt": r.get("question") or r.get("prompt") or prompt, "completion": answer, "images": [file] if file else []})
     return out
 
+# %% ../nbs/00_data.ipynb #40abd0a1
+HUB_PREFIX = "hf://datasets/"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".zip", ".gz", ".tar", ".git")
+
+def is_hub_id(path: str | Path) -> bool:
+    "Whether `path` reads as a Hub dataset id, `owner/name` or `hf://datasets/owner/name`, rather than a local file."
+    s = str(path).removeprefix(HUB_PREFIX)
+    return bool(_HUB_ID.fullmatch(s)) and "--" not in s and ".." not in s and not s.lower().endswith(_FILE_SUFFIXES)
+
+# %% ../nbs/00_data.ipynb #c49e0ecc
+class HubUnavailable(ConnectionError, FileNotFoundError):
+    "A Hub dataset that is not in the local cache, while the Hub cannot be asked (offline mode, or no network)."
+
+def _offline_setting() -> str | None:
+    "The environment variable that keeps `datasets` offline, or None when it may go online."
+    if not hfd.config.HF_HUB_OFFLINE: return None
+    on = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+    return on[0] if on else "HF_HUB_OFFLINE"
+
+def _load_dataset(path: str, name: str | None, split: str | None, streaming: bool):
+    "`datasets.load_dataset`, with its errors said in terms of vlmnb's arguments."
+    try: return hfd.load_dataset(path, name=name, split=split, streaming=streaming)
+    except DatasetNotFoundError as e:
+        raise FileNotFoundError(f"{path!r} is not a local file or folder, and not a Hub dataset that can be read: {e} "
+                                "Check the path, or the Hub id (owner/name) and your access to it.") from None
+    except ConnectionError as e:
+        var = _offline_setting()
+        why = f"{var} is set, so the Hub is not asked" if var else f"the Hub cannot be reached ({e})"
+        raise HubUnavailable(f"Hub dataset {path!r} is not in the local cache, and {why}. Go online{f' (unset {var})' if var else ''} "
+                             f"to download it, or download it where the Hub is reachable (hf download {path} --repo-type dataset "
+                             "--local-dir DIR) and give DIR as the path, with the same name and split.") from None
+    except ValueError as e:
+        msg = str(e).split("\nExample of usage")[0].replace("\n", " ").strip()
+        if msg.startswith(("Config name is missing", "BuilderConfig")):
+            raise ValueError(f"{path}: {msg}. Pass name= (name: in a training config) with one of them.") from None
+        if msg.startswith("Unknown split"):
+            raise ValueError(f"{path}: {msg} Pass split= with one of them (a slice such as train[:100] works too).") from None
+        raise
+
+# %% ../nbs/00_data.ipynb #8f013e1b
+def _stream_bounds(ds, path: str, split: str | None, start: str | None, stop: str | None) -> tuple[int, int | None]:
+    "First row and end row (None: to the end) of a slice of a streamed split, whose length only its card may give."
+    if not any(b and (b.endswith("%") or b.startswith("-")) for b in (start, stop)):
+        first = _row(start, 0) or 0
+        return first, None if stop is None else max(first, _row(stop, 0))
+    info = (ds.info.splits or {}).get(parse_split(split)[0])
+    if info is None or not info.num_examples:
+        raise ValueError(f"{path}: split={split!r} needs the size of the split, which its dataset card does not give; while "
+                         "streaming, slice by counts (train[:1000], train[500:1000]) or pass n.")
+    rows = split_rows(start, stop, info.num_examples)
+    return rows.start, rows.start + len(rows)
+
+def read_hub(
+    path: str,                 # Hub dataset id (owner/name) or a dataset repository folder
+    name: str | None = None,   # the config: the_cauldron's ai2d, lmms-lab/DocVQA's InfographicVQA
+    split: str | None = None,  # a split, or a slice of one: train, train[:100], train[:1%]
+    streaming: bool = False,   # read shards as rows are used, instead of downloading and preparing the whole config first
+) -> tuple[Iterable[tuple[int, dict]], Path | None, int | None]:
+    "`(index, record)` pairs of a Hub dataset or repository folder through `datasets.load_dataset`, its root, and its size (None when streaming)."
+    base, start, stop = parse_split(split) if split else (None, None, None)
+    ds = _load_dataset(path, name, base, streaming)
+    if isinstance(ds, dict): ds = _pick_split(ds, None, path)  # a DatasetDict or IterableDatasetDict: no split was given
+    folder = Path(path).expanduser()
+    root = folder if folder.is_dir() else None
+    if not streaming:
+        rows = split_rows(start, stop, len(ds))
+        return zip(rows, _stored_rows(ds.select(rows) if len(rows) != len(ds) else ds)), root, len(rows)
+    first, end = _stream_bounds(ds, path, split, start, stop)
+    rows = _stored_rows(ds.skip(first) if first else ds)
+    return zip(itertools.count(first), rows if end is None else itertools.islice(rows, end - first)), root, None  # nothing read past the end
+
 # %% ../nbs/00_data.ipynb #83c7d52c
-FORMATS = ("json", "jsonl", "parquet", "csv", "imagefolder", "disk")  # what `format=` may force; default: by suffix or folder content
+FORMATS = ("json", "jsonl", "parquet", "csv", "imagefolder", "disk", "hub")  # what `format=` may force; default: by suffix or folder content
+
+def _card(folder: Path) -> dict:
+    "The YAML front matter of a folder's README.md (a dataset card's metadata), or {} when there is none."
+    readme = folder/"README.md"
+    if not readme.is_file(): return {}
+    m = re.match(r"---[ \t]*\n(.*?)\n---[ \t]*(\n|$)", readme.read_text(encoding="utf-8", errors="replace"), re.S)
+    try: meta = yaml.safe_load(m[1]) if m else None
+    except yaml.YAMLError: return {}
+    return meta if isinstance(meta, dict) else {}
 
 def _format_of(p: Path) -> str:
     if p.is_dir():
-        if any((p/f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")): return "disk"
-        return "parquet" if any(p.glob("**/*.parquet")) else "imagefolder"
+        if any((p/f).exists() for f in ("state.json", "dataset_info.json", "dataset_dict.json")): return "disk"
+        if {"configs", "dataset_info"} & set(_card(p)) or next(p.glob("**/*.parquet"), None): return "hub"
+        return "imagefolder"
     return {".parquet": "parquet", ".jsonl": "jsonl", ".json": "json", ".csv": "csv"}.get(p.suffix, "")
 
-def read_records(source, split: str | None = None, format: str | None = None) -> tuple[Iterable[tuple[int, Any]], Path | None, int]:
-    "`(index, record)` pairs of a source, the default root for its relative paths, and the number of records."
-    if isinstance(source, hfd.DatasetDict): source = _pick_split(source, split, "the DatasetDict")
-    if isinstance(source, hfd.Dataset): source = _undecoded(source); return enumerate(source), None, len(source)
+def read_records(
+    source,                     # list of records, file or folder path, Hub dataset id, or datasets.(Dataset|DatasetDict)
+    split: str | None = None,   # split (or slice: train[:100]) of a DatasetDict, folder, repository or Hub dataset; key of a JSON object
+    format: str | None = None,  # force a reader: one of FORMATS
+    name: str | None = None,    # config of a repository or Hub dataset
+    streaming: bool = False,    # stream a repository or Hub dataset
+) -> tuple[Iterable[tuple[int, Any]], Path | None, int | None]:
+    "`(index, record)` pairs of a source, the default root for its relative paths, and the number of records (None while streaming)."
+    if isinstance(source, (hfd.Dataset, hfd.DatasetDict)): return _dataset_records(source, split)
     if isinstance(source, (list, tuple)): return enumerate(source), None, len(source)
-    if not isinstance(source, (str, Path)): raise TypeError(f"cannot read samples from a {type(source).__name__}; give a list, a path or a datasets.Dataset.")
+    if not isinstance(source, (str, Path)): raise TypeError(f"cannot read samples from a {type(source).__name__}; give a list, a path, a Hub dataset id or a datasets.Dataset.")
     p = Path(source).expanduser()
-    if not p.exists(): raise FileNotFoundError(f"{p} does not exist. Give a JSON/JSONL/parquet file, a dataset folder or an image folder.")
+    if format == "hub" or (not p.exists() and is_hub_id(source)): return read_hub(str(source), name, split, streaming)
+    if not p.exists(): raise FileNotFoundError(f"{p} does not exist. Give a JSON/JSONL/parquet file, a dataset folder, an image folder or a Hub dataset id (owner/name).")
     fmt = format or _format_of(p)
     if fmt not in FORMATS: raise ValueError(f"{p}: unknown format {fmt or p.suffix!r}; use .json, .jsonl, .parquet, .csv or a folder, or pass format= one of {', '.join(FORMATS)}.")
-    if fmt == "disk": return read_records(hfd.load_from_disk(str(p)), split)
+    if fmt == "hub": return read_hub(str(p), name, split, streaming)
+    if name is not None: raise ValueError(f"{p}: name={name!r} picks a config of a dataset repository or Hub dataset, and this is a {fmt} source; leave name out.")
+    if fmt == "disk": return _dataset_records(hfd.load_from_disk(str(p)), split)
     if fmt == "parquet":
         files = sorted(p.glob("**/*.parquet")) if p.is_dir() else [p]
-        return read_records(hfd.Dataset.from_parquet([str(f) for f in files]), split)
+        return _dataset_records(hfd.Dataset.from_parquet([str(f) for f in files]), split)
     if fmt == "imagefolder": recs = from_image_folder(p); return enumerate(recs), p, len(recs)
     if fmt == "jsonl": recs = list(_jsonl(p)); return iter(recs), p.parent, len(recs)
     if fmt == "json": recs = _json(p, split); return enumerate(recs), p.parent, len(recs)
@@ -503,22 +641,26 @@ def canonical_dataset(rows: list[dict], policy: ImagePolicy | None = None, featu
 
 # %% ../nbs/00_data.ipynb #c7320e13
 def prepare(
-    source,                                      # list of records, JSON/JSONL/parquet/CSV path, folder, or datasets.(Dataset|DatasetDict)
+    source,                                      # list of records, JSON/JSONL/parquet/CSV path, folder, Hub dataset id, or datasets.(Dataset|DatasetDict)
     root: str | Path | None = None,              # folder for relative image paths (default: the source file's folder)
-    split: str | None = None,                    # split of a DatasetDict / dataset folder / JSON object
-    format: str | None = None,                   # force a reader: json, jsonl, parquet, csv, imagefolder, disk (default: guessed)
+    split: str | None = None,                    # split, or slice of one (train[:100], train[:1%]), of a DatasetDict / dataset folder / Hub dataset; key of a JSON object
+    format: str | None = None,                   # force a reader: json, jsonl, parquet, csv, imagefolder, disk, hub (default: guessed)
     column_map: dict | None = None,              # rename columns, e.g. {"question": "prompt", "answer": "completion"}
     policy: ImagePolicy | None = None,           # image normalisation and limits
     on_error: Literal["raise", "skip"] = "raise",  # stop on bad samples, or leave them out and report them
     check_images: bool = True,                   # open every image now (catches missing, corrupt, tiny, bomb, bad URL)
     timeout: float = 10.0,                       # seconds per URL fetch
+    name: str | None = None,                     # config of a Hub dataset or repository folder, e.g. the_cauldron's ai2d
+    streaming: bool = False,                     # Hub dataset or repository: read rows as they are used instead of preparing every shard first
+    n: int | None = None,                        # stop once n samples are usable; only the records read are checked and reported
 ) -> tuple[hfd.Dataset, DataReport]:
     "Read, canonicalise and validate `source`: the lazily-decoding dataset and the validation report."
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error={on_error!r}; use 'raise' or 'skip'.")
-    records, default_root, n = read_records(source, split, format)
+    records, default_root, _ = read_records(source, split, format, name, streaming)
     root = Path(root) if root is not None else default_root
-    rows, problems = [], []
+    rows, problems, n_read = [], [], 0
     for i, rec in records:
+        n_read += 1
         try:
             if isinstance(rec, SampleError): raise rec
             row = canonical_sample(rec, i, root, column_map)
@@ -526,7 +668,8 @@ def prepare(
         found = check_sample(row, i, policy, timeout) if check_images else []
         if found: problems += found
         else: rows.append(row)
-    report = DataReport(n, problems)
+        if n and len(rows) >= n: break  # a stream is left unread from here
+    report = DataReport(n_read, problems)
     if problems and on_error == "raise": raise DataError(report, str(source) if isinstance(source, (str, Path)) else "the dataset")
     report.skipped = report.bad_indices
     return canonical_dataset(rows, policy), report
@@ -617,16 +760,16 @@ SYNTHETIC = {"colour_shapes": colour_shapes, "count_shapes": count_shapes, "text
 
 def load_data(path: str, split: str | None = None, root: str | None = None, format: str | None = None,
               column_map: dict | None = None, n: int | None = None, seed: int = 0, policy: ImagePolicy | None = None,
-              on_error: str = "raise") -> tuple[hfd.Dataset, DataReport]:
-    "A canonical dataset and its report from a path, or from `synthetic:TASK` (`n` samples from `seed`)."
+              on_error: str = "raise", name: str | None = None, streaming: bool = False) -> tuple[hfd.Dataset, DataReport]:
+    "A canonical dataset and its report from a path or Hub dataset id, or from `synthetic:TASK` (`n` samples from `seed`)."
     if path.startswith("synthetic:"):
         task = path.split(":", 1)[1]
         if task not in SYNTHETIC: raise ValueError(f"{path!r}: the synthetic sets are {', '.join('synthetic:' + t for t in SYNTHETIC)}.")
         ds = SYNTHETIC[task](n or 1000, seed=seed).with_format(None)
         ds = ds.remove_columns([c for c in ds.column_names if c not in FEATURES])
         return ds.with_transform(decode_transform(policy)), DataReport(len(ds))
-    ds, report = prepare(path, root=root, split=split, format=format, column_map=column_map, policy=policy, on_error=on_error)
-    return (ds.select(range(min(n, len(ds)))) if n else ds), report
+    return prepare(path, root=root, split=split, format=format, column_map=column_map, policy=policy, on_error=on_error,
+                   name=name, streaming=streaming, n=n)
 
 # %% ../nbs/00_data.ipynb #6363552d
 def show_samples(ds: hfd.Dataset, n: int = 6, ncols: int = 3, width: int = 28, indices: Iterable[int] | None = None):

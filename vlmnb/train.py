@@ -32,9 +32,11 @@ class _Strict(BaseModel):
 
 class DataSource(_Strict):
     "One dataset of a run."
-    path: str                         # file, folder, or synthetic:colour_shapes|count_shapes|text_images
-    format: Literal["json", "jsonl", "parquet", "csv", "imagefolder", "disk"] | None = None  # default: guessed from the path
-    split: str | None = None          # split of a DatasetDict or dataset folder
+    path: str                         # file, folder, Hub dataset id (owner/name), or synthetic:colour_shapes|count_shapes|text_images
+    format: Literal["json", "jsonl", "parquet", "csv", "imagefolder", "disk", "hub"] | None = None  # default: guessed from the path
+    name: str | None = None           # Hub dataset / repository folder: the config, e.g. the_cauldron's ai2d
+    split: str | None = None          # split of a DatasetDict or dataset folder, with slicing: train[:1%], train[:100]
+    streaming: bool = False           # Hub dataset: read only the rows used, without downloading the whole set
     root: str | None = None           # folder for relative image paths
     column_map: dict[str, str] | None = None  # rename columns, e.g. {question: prompt, answer: completion}
     n: int | None = None              # synthetic: how many samples; otherwise: only the first n
