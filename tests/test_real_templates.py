@@ -163,3 +163,16 @@ def test_real_processor_golden(family):
         if FACTS[family].bos:
             ids = batch["input_ids"][0].tolist()
             assert ids.count(proc.tokenizer.convert_tokens_to_ids(FACTS[family].bos)) == 1
+
+
+def test_processor_without_a_chat_template():
+    "Real PaliGemma checkpoints ship no chat template: generation still finds its stop token; a chat family says what is missing."
+    import copy
+    from vlmnb.eval import end_of_turn_ids
+    from vlmnb.load import tiny_model
+    pali = copy.copy(tiny_model("paligemma")[1]); pali.chat_template = None
+    assert end_of_turn_ids(pali) == [pali.tokenizer.eos_token_id]
+    assert VLMCollator(pali, model_type="paligemma").end_of_turn == pali.tokenizer.eos_token
+    bare = real_like_processor("smolvlm"); bare.chat_template = None
+    with pytest.raises(CollateError, match="does not have a chat template.*give the processor a chat template, or set append_eos"):
+        VLMCollator(bare, model_type="smolvlm")

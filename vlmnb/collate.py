@@ -155,14 +155,15 @@ _PROBE = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]},
 def template_end_of_turn(processor) -> str | None:
     "The special token the chat template writes right after every assistant answer, or None when it writes none."
     as_strings = [{**m, "content": m["content"][0]["text"]} for m in _PROBE]
+    why = ""
     for probe in (_PROBE, as_strings):  # content as a list of items, else as plain strings
         try: text, spans = answer_spans(processor, probe)
-        except CollateError: continue
+        except (CollateError, ValueError, TypeError) as e: why = str(e); continue  # e.g. no chat template at all
         specials = special_strings(processor.tokenizer)
         ends = {text[b:_end_of_turn(text, b, specials)] for _, b in spans}
         return ends.pop() if len(ends) == 1 and "" not in ends else None
-    raise CollateError("the chat template cannot render a two-turn text conversation, so vlmnb cannot tell whether it ends "
-                       "answers with a special token: set append_eos to True or False.")
+    raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
+                       "it ends answers with a special token: give the processor a chat template, or set append_eos.")
 
 # %% ../nbs/02_collate.ipynb #dc6fff7c
 @dataclass
