@@ -2,24 +2,52 @@
 
 vlmnb's tiny zoo has imitation templates with `{% generation %}` markers and an end-of-turn token everywhere. The
 real checkpoints differ in ways that decide which tokens carry loss. The facts below were read from the checkpoints'
-own templates (their `chat_template.json`, as mirrored in public code: transformers' conversion scripts and tests,
-OpenVINO GenAI's template fallback table, projects that embed them); each template here is written anew to render
-the same text for the golden cases, not copied.
+own templates as public code mirrors them (sources under the table); each template here is written anew to render the
+same text for the golden cases (checked by rendering both side by side), not copied.
 
 | family | checkpoint | answer written as | trimmed | what ends the answer | system prompt | images | bos |
 |---|---|---|---|---|---|---|---|
-| llava | llava-hf/llava-1.5-7b-hf | `ASSISTANT: ` + text + `' '` | no | nothing (a space) | bare text + `' '`, no role | `<image>\\n` per image, before the text | tokenizer adds `<s>`; template none |
-| llava_next | llava-hf/llava-v1.6-mistral-7b-hf | `[/INST]` + `' '` + text | no | `</s>` (an older revision: the plain text `<\\s>`) | refused (raise) | `<image>\\n` before the text | tokenizer adds `<s>` |
-| idefics3 | HuggingFaceM4/Idefics3-8B-Llama3 | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn | `<image>` in place | template writes `<|begin_of_text|>`; the tokenizer too |
-| smolvlm | HuggingFaceTB/SmolVLM-256M-Instruct | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn | `<image>` in place | template writes `<|im_start|>` |
-| qwen2_vl, qwen2_5_vl | Qwen/Qwen2-VL-2B-Instruct, Qwen2.5-VL-3B-Instruct | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn; default "You are a helpful assistant." | `<|vision_start|><|image_pad|><|vision_end|>` in place | none |
-| qwen3_vl | Qwen/Qwen3-VL-2B-Instruct | as Qwen2-VL | no | `<|im_end|>` then `\\n` | `system` turn, no default | as Qwen2-VL | none |
-| gemma3 | google/gemma-3-4b-it | `<start_of_turn>model\\n` + text trimmed | yes | `<end_of_turn>` then `\\n` | folded into the first user turn, then a blank line | `<start_of_image>` in place | template writes `<bos>`; the tokenizer too |
-| mllama | meta-llama/Llama-3.2-11B-Vision-Instruct | header + `\\n\\n` + text trimmed | yes | `<|eot_id|>` | system header; refused when the conversation has an image | `<|image|>` in place | template writes `<|begin_of_text|>`; the tokenizer too |
+| llava | llava-hf/llava-1.5-7b-hf | `ASSISTANT: ` + text + `' '` (in `{% generation %}`) | no | nothing: a space | bare text + `' '`, no role | `<image>\\n` per image, before the text | tokenizer adds `<s>`; template none |
+| llava_next | llava-hf/llava-v1.6-mistral-7b-hf | `[/INST]` + `' '` + first text item | no | `</s>` then `' '` (older revision: the plain text `<\\s>`) | `<<SYS>>\\n`..`\\n<</SYS>>\\n\\n`, no default | `<image>\\n` per image, before the text | tokenizer adds `<s>`; template none |
+| idefics3 | HuggingFaceM4/Idefics3-8B-Llama3 | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn | `<image>` in place (`:` without space when the turn starts with one) | template writes `<|begin_of_text|>`; the tokenizer adds it too |
+| smolvlm | HuggingFaceTB/SmolVLM-256M-Instruct | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn | as Idefics3 | template writes `<|im_start|>` (the bos); tokenizer none |
+| qwen2_vl, qwen2_5_vl | Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn; default "You are a helpful assistant." | `<|vision_start|><|image_pad|><|vision_end|>` in place | none |
+| qwen3_vl | Qwen/Qwen3-VL-2B-Instruct | as Qwen2-VL | no | `<|im_end|>` then `\\n` | `system` turn (its text items only), no default | as Qwen2-VL | none |
+| gemma3 | google/gemma-3-4b-it | `<start_of_turn>model\\n` + text, trimmed | yes | `<end_of_turn>` then `\\n` | folded into the first user turn + blank line | `<start_of_image>` in place | template writes `<bos>`; the tokenizer adds it too |
+| mllama | meta-llama/Llama-3.2-11B-Vision-Instruct | header + `\\n\\n` + text | no | `<|eot_id|>` | system header (with "Cutting Knowledge Date" and today's date), only without images | `<|image|>` in place | template writes `<|begin_of_text|>`; the tokenizer adds it too |
+| mistral3 (online only) | mistralai/Mistral-Small-3.1-24B-Instruct-2503 | `[/INST]` + first text item | no | `</s>` (the template writes eos_token) | `[SYSTEM_PROMPT]`..`[/SYSTEM_PROMPT]`; a long default with today's date | `[IMG]` in place | template writes `<s>`; the tokenizer adds it too |
 
-String content: the Qwen, Gemma 3 and Mllama templates accept `content` as a plain string; the llava, llava_next,
-Idefics3 and SmolVLM templates iterate the content as a list of items, so a plain string renders as nothing.
-PaliGemma has no chat template (its processor's prefix/suffix route is tested elsewhere); Mistral 3 needs torchvision.
+Refusals (`raise_exception`): mllama, a system prompt in a conversation with an image ("Prompting with images is
+incompatible with system messages."); gemma3, roles that do not alternate user/assistant after the system prompt;
+llava_next, any role but system/user/assistant ("Only user and assistant roles are supported!", although it renders
+system); mistral3, roles but system/user/assistant and content items but text/image.
+String content: the Qwen, Gemma 3, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics3
+and SmolVLM iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
+`content[0]['text']`, which fails on a string. Quirks of the real templates kept here: Mllama takes the system prompt
+as `content | trim`, so list content (vlmnb's canonical form) is written as the Python repr of the list; Qwen3-VL
+keeps only the text items of a system prompt; Mistral 3 reads a system prompt as `content[0]['text']` even when it is a
+string (and so fails on string content). llava-v1.6-vicuna-7b-hf ships the llava-1.5 template. PaliGemma has no chat
+template (vlmnb uses the processor's prefix/suffix route); Mistral 3 needs torchvision and the tiny zoo has no Mistral 3
+tokenizer, so it is checked online only.
+
+Sources (repository: path):
+- llava-1.5 and llava-v1.6-vicuna: openvinotoolkit/openvino.genai: src/cpp/src/chat_template_fallback_map.hpp (keyed
+  "llava-1.5, llava-v1.6-vicuna (chat_template.json)"); huggingface/transformers: tests/models/llava_next/test_processing_llava_next.py.
+- llava-v1.6-mistral, old (`<\\s>`) and current (`</s>`) revisions: huggingface/optimum-intel:
+  optimum/exporters/openvino/utils.py ("llava-next old", "llava-next"); openvinotoolkit/openvino.genai:
+  src/cpp/src/chat_template_fallback_map.hpp ("tiny-random-llava-next, llava-v1.6-mistral").
+- Idefics3: huggingface/transformers: tests/models/idefics3/test_processing_idefics3.py (rendered template, and the
+  processor's input ids starting with bos).
+- SmolVLM: huggingface/transformers: tests/models/smolvlm/test_processing_smolvlm.py (template; input ids without bos).
+- Qwen2-VL / Qwen2.5-VL: openvinotoolkit/openvino.genai: src/cpp/src/chat_template_fallback_map.hpp ("Qwen2-VL-2B-Instruct
+  (tokenizer_config.json)"); johnmai-dev/Jinja: Tests/Template tests/VisionTests.swift.
+- Qwen3-VL: the Qwen3-VL-8B-Instruct template as embedded (SHA-pinned) in public test code; hiyouga/LLaMA-Factory:
+  src/llamafactory/data/template.py (qwen3_vl_nothink: no default system, `<|im_end|>\\n` after the answer).
+- Gemma 3: huggingface/transformers: tests/models/gemma3/test_processing_gemma3.py, and the gemma-3 GGUF template
+  copies (string system content variant).
+- Mllama: johnmai-dev/Jinja: Tests/Template tests/VisionTests.swift (llama3_2visionChatTemplate); huggingface/transformers:
+  tests/models/mllama/test_processing_mllama.py (the processor prepends bos).
+- Mistral 3: huggingface/transformers: tests/models/mistral3/test_processing_mistral3.py.
 """
 from __future__ import annotations
 import copy
@@ -37,82 +65,102 @@ class Facts:
     example: str                 # the registry's example checkpoint
     lead: str                    # what the template writes right before an answer that tokenizes with it (" " or "")
     trims_answer: bool           # the template strips the answer's surrounding whitespace
-    end_of_turn: str | None      # the special token written right after the answer, or None
-    system: bool                 # a system prompt is accepted (with text-only conversations at least)
-    string_content: bool         # `content` may be a plain string
+    end_of_turn: str | None      # the special token written right after the answer, or None (vlmnb then appends eos)
+    system: bool                 # a system prompt is accepted (in a conversation without images at least)
+    string_content: bool         # `content` may be a plain string (user and assistant turns)
     bos: str | None              # the bos token that must start each row, once
     tokenizer_adds_bos: bool     # the real tokenizer prepends bos itself
+    template_writes_bos: bool    # the template writes bos at the start of the text
+    default_system: str = ""     # the system prompt the template writes when a conversation has none
     refuses: str = ""            # what the template raises for
 
 
-# ---- templates, written from the facts above ----
-LLAVA_15 = (  # role in capitals, images first, every text followed by a space, no end-of-turn token
-    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
-    "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+# ---- templates, written from the facts above (newlines after a tag are written as expressions: transformers
+# ---- renders with trim_blocks, which would eat them)
+LLAVA_15 = (  # ROLE: , images first, every text followed by a space, the answer inside generation markers, no end token
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'] | upper }}{{ ': ' }}{% endif %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ c['text'] ~ ' ' }}{% endgeneration %}{% else %}{{ c['text'] ~ ' ' }}{% endif %}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 
-def _llava_next(end: str) -> str:  # [INST] images text [/INST] answer END, system refused
-    return ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' }}"
-            "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-            "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %}{{ ' [/INST]' }}"
+
+def _llava_next(end: str) -> str:  # <<SYS>> block, [INST] images text [/INST], ' ' answer END ' ', other roles refused
+    return ("{% for m in messages %}"
+            "{% if m['role'] == 'system' %}{{ '<<SYS>>\n' + m['content'][0]['text'] + '\n<</SYS>>\n\n' }}"
+            "{% elif m['role'] == 'user' %}{{ '[INST] ' }}"
+            "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+            "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{{ ' [/INST]' }}"
             "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'][0]['text'] + '" + end + " ' }}"
             "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
 
+
 LLAVA_NEXT = _llava_next("</s>")
-LLAVA_NEXT_OLD = _llava_next("<\\\\s>")  # the older revision: a backslash, not the eos token
+LLAVA_NEXT_OLD = _llava_next("<\\\\s>")  # the older revision: a backslash and an s, not the eos token
+
 
 def _idefics(bos: str) -> str:  # Role: text<end_of_utterance>\n, ':' alone when the turn starts with an image
-    return (bos + "{% for m in messages %}{{ m['role'] | capitalize }}"
-            "{% if m['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-            "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% elif c['type'] == 'image' %}{{ '<image>' }}"
-            "{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    return ("{{ '" + bos + "' }}{% for m in messages %}{{ m['role'] | capitalize }}"
+            "{{ ':' if m['content'][0]['type'] == 'image' else ': ' }}"
+            "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}"
+            "{% endif %}{% endfor %}{{ '<end_of_utterance>\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
-def _chatml(default_system: bool) -> str:
-    default = ("{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+
+def _chatml(default_system: bool) -> str:  # <|im_start|>role\n ... <|im_end|>\n; Qwen2's default system, or none (Qwen3)
+    default = ("{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
                if default_system else "")
-    return ("{% for m in messages %}" + default + "<|im_start|>{{ m['role'] }}\n"
+    return ("{% for m in messages %}" + default + "{{ '<|im_start|>' ~ m['role'] ~ '\n' }}"
             "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-            "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-            "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+            "{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+            "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
-GEMMA3 = (  # bos, system folded into the first user turn, 'model' for the assistant, everything trimmed
+
+GEMMA3 = (  # bos, system folded into the first user turn, 'model' for the assistant, every text trimmed
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{% set first = (messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text']) + '\n\n' %}"
+    "{% set first = (messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text']) ~ '\n\n' %}"
     "{% set turns = messages[1:] %}{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}"
-    "{% for m in turns %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{% for m in turns %}{% if (m['role'] == 'user') != (loop.index0 is even) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' + (first if loop.first else '') }}"
+    "{{ '<start_of_turn>' ~ ('model' if m['role'] == 'assistant' else m['role']) ~ '\n' ~ (first if loop.first else '') }}"
     "{% if m['content'] is string %}{{ m['content'] | trim }}{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}{{ '<start_of_image>' }}{% elif c['type'] == 'text' %}{{ c['text'] | trim }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+    "{% endfor %}{% endif %}{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
 
-MLLAMA = (  # bos, a system header only without images (with images a system prompt is refused), everything trimmed
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] if messages[0]['content'] is string "
-    "else messages[0]['content'][0]['text'] %}{% set turns = messages[1:] %}{% else %}{% set sys = '' %}{% set turns = messages %}{% endif %}"
-    "{% set ns = namespace(images=false) %}{% for m in turns %}{% if m['content'] is not string %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}{% set ns.images = true %}{% endif %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if ns.images and sys %}{{ raise_exception('Prompting with images is incompatible with system messages.') }}{% endif %}"
-    "{% if not ns.images %}{{ '<|start_header_id|>system<|end_header_id|>\n\n' + sys | trim + '<|eot_id|>' }}{% endif %}"
-    "{% for m in turns %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' }}"
-    "{% if m['content'] is string %}{{ m['content'] | trim }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}{{ '<|image|>' }}{% elif c['type'] == 'text' %}{{ c['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+MLLAMA = (  # bos; a dated system header only without images (a system prompt with images is refused); nothing trimmed
+    "{{ bos_token }}{% set day = strftime_now('%d %b %Y') if strftime_now is defined else '26 Jul 2024' %}"
+    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] | trim %}{% set turns = messages[1:] %}"
+    "{% else %}{% set sys = '' %}{% set turns = messages %}{% endif %}"
+    "{% set seen = namespace(image=false) %}{% for m in turns %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}{% set seen.image = true %}{% endif %}{% endfor %}{% endfor %}"
+    "{% if seen.image and sys != '' %}{{ raise_exception('Prompting with images is incompatible with system messages.') }}{% endif %}"
+    "{% if not seen.image %}{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: ' ~ day ~ '\n\n' ~ sys ~ '<|eot_id|>' }}{% endif %}"
+    "{% for m in turns %}{{ '<|start_header_id|>' ~ m['role'] ~ '<|end_header_id|>\n\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}{{ '<|image|>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{{ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 
 TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_NEXT, "idefics3": _idefics("<|begin_of_text|>"), "smolvlm": _idefics("<|im_start|>"),
              "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True), "qwen3_vl": _chatml(False), "gemma3": GEMMA3, "mllama": MLLAMA}
 
-FACTS = {
-    "llava": Facts("llava-hf/llava-1.5-7b-hf", " ", False, None, True, False, "<s>", True),
-    "llava_next": Facts("llava-hf/llava-v1.6-mistral-7b-hf", " ", False, "</s>", False, False, "<s>", True, "a system prompt"),
-    "idefics3": Facts("HuggingFaceM4/Idefics3-8B-Llama3", " ", False, "<end_of_utterance>", True, False, "<|begin_of_text|>", True),
-    "smolvlm": Facts("HuggingFaceTB/SmolVLM-256M-Instruct", " ", False, "<end_of_utterance>", True, False, None, False),
-    "qwen2_vl": Facts("Qwen/Qwen2-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False),
-    "qwen2_5_vl": Facts("Qwen/Qwen2.5-VL-3B-Instruct", "", False, "<|im_end|>", True, True, None, False),
-    "qwen3_vl": Facts("Qwen/Qwen3-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False),
-    "gemma3": Facts("google/gemma-3-4b-it", "", True, "<end_of_turn>", True, True, "<bos>", True),
-    "mllama": Facts("meta-llama/Llama-3.2-11B-Vision-Instruct", "", True, "<|eot_id|>", True, True, "<|begin_of_text|>", True,
-                    "a system prompt in a conversation with an image"),
+_MISTRAL_SYSTEM = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI"  # the default's opening words
+
+FACTS = {  # example, lead, trims, end of turn, system, string content, bos, tokenizer adds bos, template writes bos
+    "llava": Facts("llava-hf/llava-1.5-7b-hf", " ", False, None, True, False, "<s>", True, False),
+    "llava_next": Facts("llava-hf/llava-v1.6-mistral-7b-hf", " ", False, "</s>", True, False, "<s>", True, False,
+                        refuses="a role other than system, user and assistant"),
+    "idefics3": Facts("HuggingFaceM4/Idefics3-8B-Llama3", " ", False, "<end_of_utterance>", True, False, "<|begin_of_text|>", True, True),
+    "smolvlm": Facts("HuggingFaceTB/SmolVLM-256M-Instruct", " ", False, "<end_of_utterance>", True, False, "<|im_start|>", False, True),
+    "qwen2_vl": Facts("Qwen/Qwen2-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False, False,
+                      default_system="You are a helpful assistant."),
+    "qwen2_5_vl": Facts("Qwen/Qwen2.5-VL-3B-Instruct", "", False, "<|im_end|>", True, True, None, False, False,
+                        default_system="You are a helpful assistant."),
+    "qwen3_vl": Facts("Qwen/Qwen3-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False, False),
+    "gemma3": Facts("google/gemma-3-4b-it", "", True, "<end_of_turn>", True, True, "<bos>", True, True,
+                    refuses="roles that do not alternate user/assistant"),
+    "mllama": Facts("meta-llama/Llama-3.2-11B-Vision-Instruct", "", False, "<|eot_id|>", True, True, "<|begin_of_text|>", True, True,
+                    refuses="a system prompt in a conversation with an image"),
+    "mistral3": Facts("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "", False, "</s>", True, True, "<s>", True, True,
+                      default_system=_MISTRAL_SYSTEM, refuses="a role other than system, user and assistant; content items other than text and image"),
 }
 
 

@@ -1,14 +1,14 @@
 """Loss masks under templates in the shape of the real checkpoints' (see chat_templates.py for their facts).
 
-Every golden expectation is written from the facts (what the template writes before and after an answer, whether it
-trims, which token ends the turn), never computed by vlmnb. The `online` tests run the same checks with each registry
-entry's real processor from the Hub.
+The golden label runs below are written out from the facts (what the template writes before and after an answer,
+whether it trims, which token ends the turn, or that none does and vlmnb appends eos), never computed by vlmnb;
+`test_fixture_follows_the_facts` checks the table and the fixtures against the facts. The `online` tests run the same
+checks with each registry entry's real processor from the Hub (expectations from the same facts).
 """
 import pytest
-import torch
 
 from chat_templates import FACTS, LLAVA_NEXT_OLD, TEMPLATES, real_like_processor
-from vlmnb.collate import CollateError, VLMCollator, loss_runs, template_end_of_turn, token_budget, token_table
+from vlmnb.collate import CollateError, VLMCollator, loss_runs, render, template_end_of_turn, token_budget, token_table
 from vlmnb.data import colour_shapes
 from vlmnb.load import ARCHS
 
@@ -31,23 +31,62 @@ CASES = {  # name: (messages, number of images, answers)
     "system prompt": ([system("Answer in one word."), user("Colour?"), assistant("red")], 0, ["red"]),
 }
 
+# The runs of labelled tokens each case must give, decoded with the tiny tokenizer. llava and llava_next read the same
+# (an appended </s> for llava, the template's own </s> for llava_next); the space before the answer belongs to its
+# first token where the template writes `: ` or `] ` right before it.
+_SPACE_LED = lambda end: {
+    "single": [f" red{end}"], "multi-turn": [f" red{end}", f" yes, red{end}"], "two images": [f" red and blue{end}"],
+    "trailing space": [f" red {end}"], "trailing newline": [f" red\n{end}"], "newline, two turns": [f" red\n{end}", f" blue\n\n{end}"],
+    "system prompt": [f" red{end}"]}
+GOLDEN = {
+    "llava": _SPACE_LED("</s>"),
+    "llava_next": _SPACE_LED("</s>"),
+    "idefics3": _SPACE_LED("<end_of_utterance>"),
+    "smolvlm": _SPACE_LED("<end_of_utterance>"),
+    "qwen2_vl": {"single": ["red<|im_end|>"], "multi-turn": ["red<|im_end|>", "yes, red<|im_end|>"], "two images": ["red and blue<|im_end|>"],
+                 "trailing space": ["red <|im_end|>"], "trailing newline": ["red\n<|im_end|>"],
+                 "newline, two turns": ["red\n<|im_end|>", "blue\n\n<|im_end|>"], "system prompt": ["red<|im_end|>"]},
+    "gemma3": {"single": ["red<end_of_turn>"], "multi-turn": ["red<end_of_turn>", "yes, red<end_of_turn>"],
+               "two images": ["red and blue<end_of_turn>"], "trailing space": ["red<end_of_turn>"], "trailing newline": ["red<end_of_turn>"],
+               "newline, two turns": ["red<end_of_turn>", "blue<end_of_turn>"], "system prompt": ["red<end_of_turn>"]},
+    "mllama": {"single": ["red<|eot_id|>"], "multi-turn": ["red<|eot_id|>", "yes, red<|eot_id|>"], "two images": ["red and blue<|eot_id|>"],
+               "trailing space": ["red <|eot_id|>"], "trailing newline": ["red\n<|eot_id|>"],
+               "newline, two turns": ["red\n<|eot_id|>", "blue\n\n<|eot_id|>"], "system prompt": ["red<|eot_id|>"]},
+}
+GOLDEN["qwen2_5_vl"] = GOLDEN["qwen3_vl"] = GOLDEN["qwen2_vl"]
 
-def expected_runs(family: str, answers: list[str]) -> list[str]:
-    "Each answer as the template writes it, then its end-of-turn token, or the eos vlmnb appends where there is none."
-    f, proc = FACTS[family], real_like_processor(family)
-    end = f.end_of_turn or proc.tokenizer.eos_token
-    return [f.lead + (a.strip() if f.trims_answer else a) + end for a in answers]
 
-
-def sample(case: str) -> dict:
+def sample(case: str, **extra) -> dict:
     messages, n_images, _ = CASES[case]
-    return {"messages": messages, "images": IMAGES[:n_images]}
+    return {"messages": messages, "images": IMAGES[:n_images], **extra}
 
 
 def applicable(family: str, case: str) -> bool:
     return case != "system prompt" or FACTS[family].system
 
 
+def from_facts(family: str, answers: list[str], eos: str) -> list[str]:
+    "Each answer as the template writes it, then its end-of-turn token, or the eos vlmnb appends where there is none."
+    f = FACTS[family]
+    return [f.lead + (a.strip() if f.trims_answer else a) + (f.end_of_turn or eos) for a in answers]
+
+
+# ---------------------------------------------------------------- the fixtures say what the facts say
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixture_follows_the_facts(family):
+    "The tiny processor with the real-shaped template: bos from the tokenizer and from the template, the default system prompt."
+    f, proc = FACTS[family], real_like_processor(family)
+    tok = proc.tokenizer
+    assert (tok("red")["input_ids"][0] == tok.bos_token_id) == f.tokenizer_adds_bos
+    text = render(proc, CASES["single"][0])
+    assert text.startswith(tok.bos_token or "\0") == f.template_writes_bos
+    assert f.bos is None or tok.bos_token == f.bos
+    assert (f.default_system and f.default_system in text) or (not f.default_system and "system" not in text.lower())
+    for case, (_, _, answers) in CASES.items():  # the golden table is the facts, written out
+        if applicable(family, case): assert GOLDEN[family][case] == from_facts(family, answers, tok.eos_token), case
+
+
+# ---------------------------------------------------------------- vlmnb against the real shapes
 @pytest.mark.parametrize("family", FAMILIES)
 def test_end_of_turn_detected_from_the_template(family):
     proc = real_like_processor(family)
@@ -55,36 +94,44 @@ def test_end_of_turn_detected_from_the_template(family):
     assert VLMCollator(proc, model_type=family).eos_appended == (FACTS[family].end_of_turn is None)
 
 
-@pytest.mark.parametrize("family,case", [(f, c) for f in FAMILIES for c in sorted(CASES) if applicable(f, c)])
-def test_golden_loss_runs(family, case):  # llava_next refuses a system prompt: tested with the refusals below
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_append_eos_resolution(family):
+    "None: append where the template writes no end-of-turn token; False: never; True: always."
+    proc = real_like_processor(family)
+    assert [VLMCollator(proc, model_type=family, append_eos=a).eos_appended for a in (None, False, True)] == \
+           [FACTS[family].end_of_turn is None, False, True]
+
+
+@pytest.mark.parametrize("family,case", [(f, c) for f in FAMILIES for c in CASES if applicable(f, c)])
+def test_golden_loss_runs(family, case):
+    "Each answer as the template renders it (its own trailing space/newline kept unless the template trims), then the stop token."
     proc = real_like_processor(family)
     batch = VLMCollator(proc, model_type=family)([sample(case)])
-    assert loss_runs(batch, proc) == expected_runs(family, CASES[case][2])
+    assert loss_runs(batch, proc) == GOLDEN[family][case]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_right_padded_mixed_batch(family):
     proc = real_like_processor(family)
-    cases = [c for c in ("single", "trailing newline", "two images", "system prompt") if applicable(family, c)]
+    cases = [c for c in ("single", "trailing newline", "two images", "system prompt", "newline, two turns") if applicable(family, c)]
     batch = VLMCollator(proc, model_type=family)([sample(c) for c in cases])
     lengths = batch["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) > 1
     for row, c in enumerate(cases):
-        assert loss_runs(batch, proc, row) == expected_runs(family, CASES[c][2]), c
-        assert not batch["attention_mask"][row, : lengths[row]].eq(0).any(), "padding is on the right"
+        assert loss_runs(batch, proc, row) == GOLDEN[family][c], c
+        assert batch["attention_mask"][row, : lengths[row]].all() and not batch["attention_mask"][row, lengths[row]:].any(), "padding on the right"
         assert (batch["labels"][row][batch["attention_mask"][row] == 0] == -100).all()
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if FACTS[f].bos])
 def test_exactly_one_bos_per_row(family):
+    "Where the tokenizer prepends bos and the template writes it too, a row still starts with exactly one, without a label."
     proc = real_like_processor(family)
-    assert proc.tokenizer("x")["input_ids"][0] == proc.tokenizer.bos_token_id or not FACTS[family].tokenizer_adds_bos
-    batch = VLMCollator(proc, model_type=family)([sample("single"), sample("multi-turn")])
+    batch = VLMCollator(proc, model_type=family)([sample("single"), sample("multi-turn"), sample("two images")])
     bos = proc.tokenizer.convert_tokens_to_ids(FACTS[family].bos)
-    for row in range(2):
+    for row in range(3):
         ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
-        assert ids[0] == bos and ids.count(bos) == 1
-        assert batch["labels"][row][0] == -100
+        assert ids[0] == bos and ids.count(bos) == 1 and batch["labels"][row][0] == -100
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if FACTS[f].string_content])
@@ -92,7 +139,7 @@ def test_string_content(family):
     proc = real_like_processor(family)
     messages = [{"role": "user", "content": "Colour?"}, {"role": "assistant", "content": "red\n"}]
     batch = VLMCollator(proc, model_type=family)([{"messages": messages, "images": []}])
-    assert loss_runs(batch, proc) == expected_runs(family, ["red\n"])
+    assert loss_runs(batch, proc) == GOLDEN[family]["trailing newline"]
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if not FACTS[f].string_content])
@@ -109,8 +156,9 @@ def test_llava_appends_eos_and_can_be_told_not_to():
     on, off = VLMCollator(proc, model_type="llava"), VLMCollator(proc, model_type="llava", append_eos=False)
     assert loss_runs(on([sample("multi-turn")]), proc) == [" red</s>", " yes, red</s>"]
     assert loss_runs(off([sample("multi-turn")]), proc) == [" red", " yes, red"]
-    table = token_table(on, sample("single"))
+    table = token_table(on, sample("trailing newline"))
     assert [(r["text"], r["role"], r["has_loss"]) for r in table if r["appended"]] == [("</s>", "assistant", True)]
+    assert not any(r["appended"] for r in token_table(off, sample("trailing newline")))
     assert "appends </s> (eos)" in on.stop_note and "not trained to stop" in off.stop_note
 
 
@@ -118,51 +166,32 @@ def test_llava_next_old_revision_writes_no_eos_token():
     "The older LLaVA-NeXT template writes the text `<\\s>`, which is not the eos token: vlmnb appends the real one."
     proc = real_like_processor("llava_next", LLAVA_NEXT_OLD)
     assert template_end_of_turn(proc) is None
-    runs = loss_runs(VLMCollator(proc, model_type="llava_next")([sample("single")]), proc)
-    assert runs == [" red</s>"]
+    collator = VLMCollator(proc, model_type="llava_next")
+    assert collator.eos_appended
+    assert loss_runs(collator([sample("single")]), proc) == [" red</s>"]
+    assert loss_runs(collator([sample("newline, two turns")]), proc) == [" red\n</s>", " blue\n\n</s>"]
+    assert [r["text"] for r in token_table(collator, sample("single")) if r["appended"]] == ["</s>"]
+
+
+def test_llava_next_current_revision_ends_answers_itself():
+    "The current template writes the real </s>: nothing is appended, nothing is marked appended."
+    collator = VLMCollator(real_like_processor("llava_next"), model_type="llava_next")
+    assert not collator.eos_appended and not any(r["appended"] for r in token_table(collator, sample("single")))
 
 
 @pytest.mark.parametrize("family,messages", [
     ("mllama", [system("Be brief."), user("Colour?", 1), assistant("red")]),
-    ("llava_next", [system("Be brief."), user("Colour?", 1), assistant("red")]),
     ("gemma3", [user("Colour?", 1), user("Really?"), assistant("red")]),
+    ("llava_next", [user("Colour?", 1), {"role": "tool", "content": [{"type": "text", "text": "red"}]}, assistant("red")]),
 ])
 def test_template_refusals_are_bad_samples(family, messages):
-    proc = real_like_processor(family)
-    collator = VLMCollator(proc, model_type=family)
+    "A sample the real template raises for is a bad sample: named by index in the error, reported by the budget audit."
+    collator = VLMCollator(real_like_processor(family), model_type=family)
     bad = {"messages": messages, "images": IMAGES[:1], "source_index": 41}
-    with pytest.raises(CollateError, match="sample 41: the chat template refused it"):
+    with pytest.raises(CollateError, match="sample 41: the chat template refused it .*(Rewrite the sample|leave it out)"):
         collator([bad])
-    report = token_budget([bad, {**sample("single"), "source_index": 42}], collator)
+    report = token_budget([bad, sample("single", source_index=42)], collator)
     assert [(p.index, p.kind) for p in report.problems] == [(41, "template")] and [r.index for r in report.rows] == [42]
-
-
-def test_mllama_accepts_a_system_prompt_without_images():
-    proc = real_like_processor("mllama")
-    batch = VLMCollator(proc, model_type="mllama")([sample("system prompt")])
-    assert loss_runs(batch, proc) == ["red<|eot_id|>"]
-
-
-# ---------------------------------------------------------------- the real processors (online)
-@pytest.mark.online
-@pytest.mark.parametrize("family", FAMILIES)
-def test_real_processor_golden(family):
-    from vlmnb.load import LoadError, load_processor
-    assert ARCHS[family].example == FACTS[family].example
-    try: proc = load_processor(FACTS[family].example)
-    except (LoadError, OSError) as e: pytest.skip(f"{FACTS[family].example} cannot be loaded here (gated or offline): {e}")
-    assert template_end_of_turn(proc) == FACTS[family].end_of_turn
-    eos = proc.tokenizer.eos_token
-    end = FACTS[family].end_of_turn or eos
-    collator = VLMCollator(proc, model_type=family)
-    for case in ("single", "multi-turn", "trailing newline", "trailing space"):
-        batch = collator([sample(case)])
-        runs = [r.lstrip(" ") for r in loss_runs(batch, proc)]  # real tokenizers differ in where a leading space sits
-        want = [(a.strip() if FACTS[family].trims_answer else a) + end for a in CASES[case][2]]
-        assert runs == want, (case, runs)
-        if FACTS[family].bos:
-            ids = batch["input_ids"][0].tolist()
-            assert ids.count(proc.tokenizer.convert_tokens_to_ids(FACTS[family].bos)) == 1
 
 
 def test_processor_without_a_chat_template():
@@ -176,3 +205,59 @@ def test_processor_without_a_chat_template():
     bare = real_like_processor("smolvlm"); bare.chat_template = None
     with pytest.raises(CollateError, match="does not have a chat template.*give the processor a chat template, or set append_eos"):
         VLMCollator(bare, model_type="smolvlm")
+
+
+# ---------------------------------------------------------------- the real processors (online)
+def _real_processor(family: str):
+    "The registry entry's example checkpoint's processor from the Hub, or a skip that says why it cannot be had here."
+    from vlmnb.load import LoadError, has_torchvision, load_processor
+    arch = ARCHS[family]
+    if family == "mistral3" and not has_torchvision(): pytest.skip("mistral3's processor needs torchvision, which is not installed")
+    try: return load_processor(arch.example, arch=arch)
+    except (LoadError, OSError) as e: pytest.skip(f"{arch.example} cannot be loaded here (gated, needs a login, or offline): {e}")
+
+
+def _unlead(runs: list[str]) -> list[str]:
+    return [r.lstrip(" ") for r in runs]  # SentencePiece decodes drop the space that starts a decoded piece; byte-level ones keep it
+
+
+@pytest.mark.online
+@pytest.mark.parametrize("family", sorted(FACTS))
+def test_real_processor_golden(family):
+    f = FACTS[family]
+    assert ARCHS[family].example == f.example, "the registry's example changed: check its template's facts again"
+    proc = _real_processor(family)
+    tok = proc.tokenizer
+    assert template_end_of_turn(proc) == f.end_of_turn
+    collator = VLMCollator(proc, model_type=family)
+    assert collator.eos_appended == (f.end_of_turn is None)
+    cases = [c for c in CASES if applicable(family, c)]
+    for case in cases:
+        batch = collator([sample(case)])
+        assert _unlead(loss_runs(batch, proc)) == _unlead(from_facts(family, CASES[case][2], tok.eos_token)), case
+        ids = batch["input_ids"][0].tolist()
+        if f.bos: assert ids.count(tok.convert_tokens_to_ids(f.bos)) == 1, case
+    batch = collator([sample(c) for c in cases])  # right-padded, mixed
+    for row, case in enumerate(cases):
+        assert _unlead(loss_runs(batch, proc, row)) == _unlead(from_facts(family, CASES[case][2], tok.eos_token)), case
+    if f.string_content:
+        messages = [{"role": "user", "content": "Colour?"}, {"role": "assistant", "content": "red\n"}]
+        runs = loss_runs(collator([{"messages": messages, "images": []}]), proc)
+        assert _unlead(runs) == _unlead(from_facts(family, ["red\n"], tok.eos_token))
+    if f.refuses.startswith("a system prompt in a conversation with an image"):
+        with pytest.raises(CollateError, match="the chat template refused it"):
+            collator([{"messages": [system("Be brief."), user("Colour?", 1), assistant("red")], "images": IMAGES[:1]}])
+
+
+@pytest.mark.online
+def test_real_paligemma_prefix_suffix_route():
+    "No chat template: the processor's suffix is the answer, followed by eos; both carry loss, the prefix does not."
+    proc = _real_processor("paligemma")
+    assert not proc.chat_template
+    collator = VLMCollator(proc, model_type="paligemma")
+    batch = collator([sample("single"), sample("trailing newline")])
+    eos = proc.tokenizer.eos_token
+    for row in range(2):
+        assert loss_runs(batch, proc, row) == ["red" + eos]
+        ids = batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist()
+        assert ids.count(proc.tokenizer.bos_token_id) == 1
