@@ -380,5 +380,7 @@ d = { 'settings': { 'branch': 'main',
                              'vlmnb.train.resolve_attention': ('train.html#resolve_attention', 'vlmnb/train.py'),
                              'vlmnb.train.run_data': ('train.html#run_data', 'vlmnb/train.py'),
                              'vlmnb.train.run_settings': ('train.html#run_settings', 'vlmnb/train.py'),
+                             'vlmnb.train.special_tokens_note': ('train.html#special_tokens_note', 'vlmnb/train.py'),
+                             'vlmnb.train.template_formats': ('train.html#template_formats', 'vlmnb/train.py'),
                              'vlmnb.train.train': ('train.html#train', 'vlmnb/train.py'),
                              'vlmnb.train.training_args': ('train.html#training_args', 'vlmnb/train.py')}}}

@@ -22,9 +22,9 @@ __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEE
            'DataSource', 'LoraFields', 'TrainConfig', 'ConfigError', 'from_axolotl', 'make_config', 'image_policy',
            'load_source', 'run_data', 'base_model_path', 'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision',
            'activation_bytes', 'free_memory', 'RunSettings', 'run_settings', 'Preflight', 'resolve_attention',
-           'chat_template_note', 'per_epoch', 'check_optimizer', 'training_args', 'preflight', 'demo_config',
-           'LossHistory', 'plot_history', 'complete_checkpoints', 'CompleteCheckpoints', 'StopOnSigint', 'TrainResult',
-           'train']
+           'per_epoch', 'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note',
+           'training_args', 'preflight', 'demo_config', 'LossHistory', 'plot_history', 'complete_checkpoints',
+           'CompleteCheckpoints', 'StopOnSigint', 'TrainResult', 'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
 class _Strict(BaseModel):
@@ -72,6 +72,7 @@ class TrainConfig(_Strict):
     attn_implementation: str | None = None  # eager, sdpa, flash_attention_2 (sdpa, with a note, where flash-attn cannot run)
     trust_remote_code: bool = False         # run code shipped with the checkpoint: only for repositories you trust
     chat_template: str | None = None        # the template family the data is meant for (Axolotl's key): must be the checkpoint's own
+    special_tokens: dict[str, str | list[str]] = {}  # tokens the config expects the tokenizer to have (Axolotl's key): checked, never added
     append_eos: bool | None = None          # eos with a label after each answer; None: when the chat template writes no end-of-turn token
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -166,19 +167,19 @@ AXOLOTL_KEYS = {
     "lora_modules_to_save": None, "base_model": "base_model", "dataset_prepared_path": None,
 }
 AXOLOTL_NOOPS = {"skip_prepare_dataset", "remove_unused_columns", "processor_type", "tokenizer_type", "model_type",
-                 "strict", "tf32", "dataset_prepared_path", "xformers_attention", "hub_model_id", "special_tokens",
+                 "strict", "tf32", "dataset_prepared_path", "xformers_attention", "hub_model_id",
                  "logging_first_step", "early_stopping_patience", "local_rank", "debug", "ddp_timeout", "save_first_step"}
 # Refused when set; unset, empty or false they mean what vlmnb does anyway (`sample_packing: false`, `lora_model_dir:`).
 AXOLOTL_UNSUPPORTED = {"sample_packing", "pad_to_sequence_len", "eval_sample_packing", "deepspeed", "fsdp", "fsdp_config",
                        "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "rl", "dpo_beta",
                        "relora_steps", "neftune_noise_alpha", "gptq", "load_best_model_at_end",
-                       "lora_model_dir", "peft_layers_to_transform", "torch_compile"}
+                       "lora_model_dir", "peft_layers_to_transform", "torch_compile", "tokens", "added_tokens_overrides"}
 # Keys that change only speed or memory (Liger and cut-cross-entropy kernels, LoRA Triton kernels): accepted with a note.
 AXOLOTL_SPEED_ONLY = re.compile(r"liger_\w+|cut_cross_entropy|lora_(mlp|qkv|o)_kernel|use_kernels")
-# Axolotl's chat_template names and the families whose own template they are ('tokenizer_default': the checkpoint's).
-AXOLOTL_TEMPLATES = {"llama3_2_vision": ("mllama",), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl"), "qwen3_vl": ("qwen3_vl",),
-                     "gemma3": ("gemma3",), "llava": ("llava", "llava_next"), "pixtral": ("mistral3",),
-                     "mistral_v7_tekken": ("mistral3",), "chatml": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
+# Axolotl's chat_template names and the template formats they are (`template_formats`; 'tokenizer_default': the checkpoint's).
+AXOLOTL_TEMPLATES = {"llama3_2_vision": ("mllama",), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
+                     "chatml": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), "gemma3": ("gemma3",), "llava": ("llava",),
+                     "pixtral": ("pixtral",), "mistral_v7_tekken": ("mistral3",)}
 
 # %% ../nbs/04_train.ipynb #6c0bfaa8
 def _set(d: dict, dotted: str, value):
@@ -235,6 +236,10 @@ def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
             if v: notes.append(f"eot_tokens {v}: vlmnb labels the token the checkpoint's chat template writes after each "
                                "answer, and appends eos where it writes none")
         elif k == "plugins": _plugins(v, notes)
+        elif k == "tokenizer_use_mistral_common":
+            if v: notes.append("tokenizer_use_mistral_common: vlmnb tokenizes with the checkpoint's own Hugging Face processor "
+                               "and renders its chat template, not with the mistral-common package; the pre-flight's stop-token "
+                               "line shows what that template writes")
         elif AXOLOTL_SPEED_ONLY.fullmatch(k):
             if not _unset(v): notes.append(f"{k}: speed or memory only; vlmnb trains without it (the same loss)")
         elif k in ("bfloat16", "float16"):
@@ -463,17 +468,6 @@ def resolve_attention(requested: str | None) -> tuple[str | None, str]:
     return "sdpa", (f"attention: {requested} needs the flash-attn package and a CUDA GPU, which this machine lacks; "
                     "sdpa is used instead (the same attention, more memory)")
 
-def chat_template_note(name: str | None, arch) -> str:
-    "A note when a config names the checkpoint's own template family; a `ConfigError` when it names another."
-    if not name: return ""
-    if name == "tokenizer_default" or arch.model_type in AXOLOTL_TEMPLATES.get(name, ()):
-        return f"chat_template: {name} is {arch.name}'s own format; vlmnb renders the checkpoint's own template"
-    own = [k for k, v in AXOLOTL_TEMPLATES.items() if arch.model_type in v] + ["tokenizer_default"]
-    raise ConfigError(f"chat_template={name!r} is not {arch.name}'s format. vlmnb always renders the checkpoint's own chat "
-                      "template (it finds the answers in what it renders, and the model is served with it), so training in "
-                      f"another format would teach the model a prompt it never sees. Remove chat_template, or set it to "
-                      f"{' or '.join(own)}.")
-
 def per_epoch(every: int | None, per_epoch_count: int | None, steps_per_epoch: int) -> int | None:
     "A step interval: given, or `steps_per_epoch / per_epoch_count` rounded up."
     return every or (math.ceil(steps_per_epoch / per_epoch_count) if per_epoch_count else None)
@@ -482,6 +476,48 @@ def check_optimizer(c: TrainConfig, args: TrainingArguments) -> None:
     "Build the Trainer's optimizer on a dummy parameter: one that cannot run here fails now."
     try: cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args); cls([torch.nn.Parameter(torch.zeros(64, 64))], **kwargs)
     except Exception as e: raise ConfigError(f"optimizer={c.optimizer!r} cannot be built here ({e}). Use adamw_torch.") from None
+
+# %% ../nbs/04_train.ipynb #7efe07be
+def template_formats(arch, config=None, processor=None) -> tuple[str, set[str]]:
+    "The name of a checkpoint's template format and the formats (keys of `AXOLOTL_TEMPLATES`' values) it is."
+    if arch.model_type == "llava" and getattr(getattr(config, "vision_config", None), "model_type", None) == "pixtral":
+        return "Pixtral", {"pixtral"}  # Pixtral-12B in transformers' layout: a llava model with Mistral's [INST] template
+    if arch.model_type == "llava_next" and "ASSISTANT:" in str(getattr(processor, "chat_template", None) or ""):
+        return arch.name, {"llava_next", "llava"}  # llava-v1.6-vicuna ships llava-1.5's template; the Mistral one does not
+    return arch.name, {arch.model_type}
+
+def chat_template_note(name: str | None, arch, config=None, processor=None) -> str:
+    "A note when a config names the checkpoint's own template format; a `ConfigError` when it names another."
+    if not name: return ""
+    label, formats = template_formats(arch, config, processor)
+    if name.startswith("tokenizer_default") or formats & set(AXOLOTL_TEMPLATES.get(name, ())):
+        return f"chat_template: {name} is {label}'s own format; vlmnb renders the checkpoint's own template"
+    own = [k for k, v in AXOLOTL_TEMPLATES.items() if formats & set(v)] + ["tokenizer_default"]
+    raise ConfigError(f"chat_template={name!r} is not {label}'s format. vlmnb always renders the checkpoint's own chat "
+                      "template (it finds the answers in what it renders, and the model is served with it), so training in "
+                      f"another format would teach the model a prompt it never sees. Remove chat_template, or set it to "
+                      f"{' or '.join(own)}.")
+
+# %% ../nbs/04_train.ipynb #4458cb0e
+_TOKEN_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+def special_tokens_note(wanted: dict, tokenizer) -> str:
+    "A note when the tokenizer already has the special tokens a config names; a `ConfigError` naming each one it lacks."
+    if not wanted: return ""
+    vocab, bad = tokenizer.get_vocab(), []
+    for k, v in wanted.items():
+        if k == "additional_special_tokens": bad += [f"{k}: {t!r} is not in the vocabulary" for t in v if t not in vocab]
+        elif k not in _TOKEN_ROLES: bad.append(f"{k}: not one of Axolotl's ({', '.join(_TOKEN_ROLES)}, additional_special_tokens)")
+        elif getattr(tokenizer, k) == v or k == "pad_token" and tokenizer.pad_token is not None and v in vocab: continue
+        else: bad.append(f"{k}: {v!r}, but the tokenizer's is {getattr(tokenizer, k)!r}")
+    if bad: raise ConfigError("special_tokens: vlmnb trains with the checkpoint's tokenizer as it is (a new or moved special "
+                              "token needs new, untrained embeddings, or changes what the model learns to stop on):\n  "
+                              + "\n  ".join(bad) + "\nRemove these entries, or save a tokenizer that has them with the model "
+                              "into a folder and use that folder as base_model.")
+    pad = wanted.get("pad_token", tokenizer.pad_token)
+    if pad == tokenizer.pad_token: return f"special_tokens: the tokenizer already has {wanted}"
+    return (f"special_tokens: vlmnb pads with the tokenizer's own {tokenizer.pad_token!r}, not {pad!r}; padding carries no "
+            "label and no attention, so which token pads does not change training")
 
 # %% ../nbs/04_train.ipynb #f9205c91
 def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_steps: int | None = None,
@@ -519,7 +555,8 @@ def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
     if processor is None: processor = load_processor(path, trust_remote_code=c.trust_remote_code)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=c.trust_remote_code)
     arch = arch_of(config)
-    notes = [n for n in (why, chat_template_note(c.chat_template, arch)) if n]
+    notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
+                         special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
     train_ds, eval_ds, reports = run_data(c)
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = token_budget(train_ds, collator, c.max_length)
