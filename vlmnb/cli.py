@@ -75,13 +75,18 @@ def _add_tiny(sub) -> None:
 def _train(args) -> int:
     from vlmnb.train import train, demo_config, make_config
     config = make_config(args.config, args.set) if args.config else make_config(demo_config(), args.set)
+    if getattr(args, "overwrite", False): config = config.model_copy(update={"overwrite_output_dir": True})
     result = train(config)
     if int(os.environ.get("RANK", "0")) == 0: print(result)
-    return 130 if result.interrupted else 0
+    return 128 + (result.signal or 2) if result.interrupted else 0  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
 
 def _validate(args) -> int:
-    from vlmnb.train import make_config, preflight
-    print(preflight(make_config(args.config, args.set)))
+    from vlmnb.train import make_config, preflight, prior_run
+    c = make_config(args.config, args.set)
+    print(preflight(c))
+    if (prior := prior_run(c.output_dir)) and not (c.resume_from_checkpoint or c.overwrite_output_dir):
+        print(f"note: output_dir holds {prior}; `vlmnb train` refuses it unless the run resumes it "
+              "(resume_from_checkpoint: true) or replaces it (--overwrite)")
     print("ok: the config, data, token budget and LoRA targets check out")
     return 0
 
@@ -137,6 +142,7 @@ def _add_train(sub) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("config", nargs="?" if name == "train" else None, help="YAML config (vlmnb or Axolotl keys)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. lora.r=8")
+        if name == "train": p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir (overwrite_output_dir)")
         p.set_defaults(func=func)
 
 def parser() -> argparse.ArgumentParser:
@@ -151,10 +157,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/07_cli.ipynb #5b7d0d40
+def _own_errors() -> tuple:
+    "The errors whose message is for the user: one line, exit code 2 (a run's RunError once training has been imported)."
+    train = sys.modules.get("vlmnb.train")
+    return (FileNotFoundError, ValueError, TypeError, ImportError) + ((train.RunError,) if train else ())
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `vlmnb` command."
     args = parser().parse_args(argv)
     try: return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as e:
+    except _own_errors() as e:
         print(f"vlmnb: error: {e}", file=sys.stderr)
         return 2

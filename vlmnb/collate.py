@@ -370,6 +370,7 @@ class BudgetReport:
     max_length: int | None = None
     problems: list[Problem] = field(default_factory=list)
     scalable: bool = False   # whether smaller images cost fewer tokens
+    problem_positions: list[int] = field(default_factory=list)  # row of each problem's sample in the dataset audited
 
     @property
     def totals(self) -> np.ndarray: return np.array([r.total for r in self.rows])
@@ -437,13 +438,13 @@ def plot(self: BudgetReport, bins: int = 30):
 # %% ../nbs/02_collate.ipynb #1d2e0c7e
 def token_budget(ds, collator: VLMCollator, max_length: int | None = None) -> BudgetReport:
     "Tokenize every sample once: per-sample token counts, samples over `max_length` with advice, problems."
-    rows, problems = [], []
+    rows, problems, positions = [], [], []
     for i in range(len(ds)):
         sample = ds[i]
         idx = sample.get("source_index", i) if sample.get("source_index") is not None else i
         try: rows.append(_budget_row(collator, sample, idx)); rows[-1].position = i
-        except (CollateError, ValueError) as e: problems.append(Problem(idx, getattr(e, "kind", "tokenize"), str(e)))
-    report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False)
+        except (CollateError, ValueError) as e: problems.append(Problem(idx, getattr(e, "kind", "tokenize"), str(e))); positions.append(i)
+    report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False, positions)
     for r in report.over: r.fix = _advice(collator, r, max_length, report.scalable)
     return report
 
@@ -455,6 +456,7 @@ class BudgetFit:
     truncated: list[int]
     dropped: list[Problem]
     lengths: list[int] = field(default_factory=list)  # tokens of each kept sample, in the kept dataset's order
+    dropped_positions: list[int] = field(default_factory=list)  # row of each dropped sample in the dataset fitted (-1: unknown)
 
     def __str__(self):
         return (f"kept {self.kept} samples ({len(self.truncated)} truncated: {self.truncated[:20]}); "
@@ -468,6 +470,7 @@ def fit_to_budget(ds, report: BudgetReport, policy: Literal["truncate", "drop"] 
     "Keep the samples that fit `report.max_length` under `policy`: `(dataset, BudgetFit)`."
     if policy not in ("truncate", "drop"): raise ValueError(f"policy={policy!r}; use 'truncate' or 'drop'.")
     n, keep, truncated, dropped = report.max_length, [], [], list(report.problems)
+    positions = list(report.problem_positions) if len(report.problem_positions) == len(dropped) else [-1] * len(dropped)
     row_at = {r.position: r for r in report.rows}  # samples that could not be tokenized have no row, and are dropped
     for i in range(len(ds)):
         if (r := row_at.get(i)) is None: continue
@@ -478,8 +481,8 @@ def fit_to_budget(ds, report: BudgetReport, policy: Literal["truncate", "drop"] 
                                                                      f"past max_length={n}; cutting would split an image")
         elif not 0 <= r.first_label < n: why = ("answer_past_max_length", f"its answer starts at token {r.first_label}, past max_length={n}")
         else: keep.append(i); truncated.append(idx); continue
-        dropped.append(Problem(idx, why[0], why[1] + (f"; {r.fix}" if r.fix else "")))
-    return ds.select(keep), BudgetFit(len(keep), truncated, dropped, [min(row_at[i].total, n or row_at[i].total) for i in keep])
+        dropped.append(Problem(idx, why[0], why[1] + (f"; {r.fix}" if r.fix else ""))); positions.append(i)
+    return ds.select(keep), BudgetFit(len(keep), truncated, dropped, [min(row_at[i].total, n or row_at[i].total) for i in keep], positions)
 
 # %% ../nbs/02_collate.ipynb #fa561eaa
 def patch_grid(batch: dict, arch: Arch, table: list[dict], image_token_id: int, merge: int = 2) -> tuple[int, int] | None:

@@ -21,8 +21,8 @@ from .load import ARCHS, Arch, arch_of, component_of, keep_cpu_4bit_trainable
 
 # %% auto #0
 __all__ = ['EXTRA_FILE', 'LoraSpec', 'LinearSite', 'linear_sites', 'LoraTargetError', 'lora_targets', 'full_module_name',
-           'lora_config', 'extra_trainable', 'apply_lora', 'save_lora', 'load_lora', 'LoraReport', 'lora_report',
-           'snapshot']
+           'lora_config', 'extra_trainable', 'apply_lora', 'save_extra', 'load_extra', 'save_lora', 'load_lora',
+           'LoraReport', 'lora_report', 'snapshot']
 
 # %% ../nbs/03_lora.ipynb #e405523e
 @dataclass
@@ -197,25 +197,34 @@ def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool
     return peft_model
 
 # %% ../nbs/03_lora.ipynb #d0ca69c6
+def save_extra(model: PeftModel, folder: str | Path) -> Path | None:
+    "Write the trained parameters that PEFT's adapter files leave out (Mllama's gates) to `folder`; None when there are none."
+    from safetensors.torch import save_file
+    extra = {n.split("base_model.model.", 1)[-1]: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _GATE.search(n) and p.requires_grad}
+    if not extra: return None
+    save_file(extra, Path(folder)/EXTRA_FILE)
+    return Path(folder)/EXTRA_FILE
+
+def load_extra(model: PeftModel, folder: str | Path, is_trainable: bool = False) -> int:
+    "Copy the extra parameters saved in `folder` into `model`; how many (0 when the folder has none)."
+    from safetensors.torch import load_file
+    if not (Path(folder)/EXTRA_FILE).exists(): return 0
+    params, saved = dict(model.base_model.model.named_parameters()), load_file(Path(folder)/EXTRA_FILE)
+    with torch.no_grad():
+        for n, v in saved.items(): params[n].copy_(v); params[n].requires_grad_(is_trainable)
+    return len(saved)
+
 def save_lora(model: PeftModel, folder: str | Path) -> Path:
     "Save the adapter (and any extra trained parameters) to `folder`."
-    from safetensors.torch import save_file
-    folder = Path(folder); model.save_pretrained(folder)
-    extra = {n.split("base_model.model.", 1)[-1]: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _GATE.search(n) and p.requires_grad}
-    if extra: save_file(extra, folder/EXTRA_FILE)
+    folder = Path(folder); model.save_pretrained(folder); save_extra(model, folder)
     return folder
 
 def load_lora(base_model, folder: str | Path, is_trainable: bool = False) -> PeftModel:
     "Load the adapter in `folder` onto `base_model`, with its extra parameters."
-    from safetensors.torch import load_file
-    folder = Path(folder)
     with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(base_model, folder, is_trainable=is_trainable)
-    if (folder/EXTRA_FILE).exists():
-        params = dict(model.base_model.model.named_parameters())
-        with torch.no_grad():
-            for n, v in load_file(folder/EXTRA_FILE).items(): params[n].copy_(v); params[n].requires_grad_(is_trainable)
+        model = PeftModel.from_pretrained(base_model, Path(folder), is_trainable=is_trainable)
+    load_extra(model, folder, is_trainable)
     return model
 
 # %% ../nbs/03_lora.ipynb #aa0ac700

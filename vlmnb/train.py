@@ -6,8 +6,9 @@ Docs: https://vlmnb.github.io/vlmnb/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #188b1431
 from __future__ import annotations
-import difflib, importlib.util, json, math, os, re, shutil, signal, time, warnings
-from dataclasses import asdict, dataclass, field
+import difflib, errno, fcntl, hashlib, importlib.util, json, math, os, re, shutil, signal, socket, tempfile, time, uuid, warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,13 +19,19 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # %% auto #0
-__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES', 'COMPLETE',
-           'DataSource', 'LoraFields', 'TrainConfig', 'ConfigError', 'from_axolotl', 'make_config', 'image_policy',
-           'load_source', 'run_data', 'base_model_path', 'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision',
-           'activation_bytes', 'free_memory', 'RunSettings', 'run_settings', 'Preflight', 'resolve_attention',
-           'per_epoch', 'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note',
-           'training_args', 'preflight', 'demo_config', 'LossHistory', 'plot_history', 'complete_checkpoints',
-           'CompleteCheckpoints', 'StopOnSigint', 'TrainResult', 'train']
+__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES',
+           'CHECKPOINT_BYTES_PER_PARAMETER', 'DISK_MARGIN', 'SKIPPED_FILE', 'HISTORY_KEYS', 'COMPLETE', 'LOCK_FILE',
+           'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE', 'DataSource', 'LoraFields', 'TrainConfig', 'ConfigError',
+           'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
+           'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
+           'RunSettings', 'run_settings', 'Preflight', 'resolve_attention', 'per_epoch', 'check_optimizer',
+           'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate', 'disk_need',
+           'check_output_dir', 'context_length', 'over_context', 'drop_over_context', 'skipped_rows', 'training_args',
+           'preflight', 'demo_config', 'history_rows', 'LossHistory', 'plot_history', 'checkpoint_files',
+           'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage', 'CompleteCheckpoints',
+           'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes', 'resume_point',
+           'claim_output_dir', 'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now', 'disk_full',
+           'disk_full_message', 'TrainResult', 'loss_over', 'skipped_summary', 'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
 class _Strict(BaseModel):
@@ -92,11 +99,13 @@ class TrainConfig(_Strict):
     seed: int = 42
     logging_steps: int = 10
     eval_steps: int | None = None           # every this many steps: eval loss, and generation metrics on eval_samples
-    save_steps: int | None = None           # checkpoint every this many steps (default: only at the end)
+    save_steps: int | None = None           # checkpoint every this many steps (and every save_minutes)
     evals_per_epoch: int | None = None      # evaluate this many times an epoch (eval_steps computed once the step count is known)
     saves_per_epoch: int | None = None      # checkpoint this many times an epoch
-    save_total_limit: int | None = 2        # complete checkpoints kept
+    save_total_limit: int | None = 2        # complete checkpoints of this run kept
+    save_minutes: float | None = 30.0       # also checkpoint once this many minutes pass without one (None or 0: off)
     output_dir: str = "outputs/vlmnb-run"
+    overwrite_output_dir: bool = False      # replace an earlier run in output_dir (CLI: --overwrite); otherwise refused
     report_to: list[str] = []
     wandb: dict[str, str] = {}              # W&B settings (project, entity, name, watch, log_model), set as WANDB_* variables
     ddp_find_unused_parameters: bool = False  # DDP: look for parameters without gradient each step (slower; some models need it)
@@ -313,7 +322,7 @@ def make_config(source: TrainConfig | dict | str | Path | None = None, overrides
     return config
 
 # %% ../nbs/04_train.ipynb #63c28047
-from .data import ImagePolicy, DataReport, load_data, decode_transform
+from .data import ImagePolicy, DataReport, ImageProblem, Problem, SampleError, load_data, decode_transform
 import datasets as hfd
 
 def image_policy(c: TrainConfig) -> ImagePolicy:
@@ -329,19 +338,21 @@ def load_source(src: DataSource, policy: ImagePolicy, on_error: str) -> tuple[hf
         raise
 
 # %% ../nbs/04_train.ipynb #d576d2e7
-def _concat(parts: list[hfd.Dataset], policy) -> hfd.Dataset:
+def _concat(parts: list[hfd.Dataset], policy, names: list[str]) -> hfd.Dataset:
+    "One dataset of several sources, each sample with a `source` column naming where it came from (for reports)."
     raw = [p.with_format(None) for p in parts]
+    raw = [r.add_column("source", [n] * len(r)) if "source" not in r.column_names else r for r, n in zip(raw, names)]
     return (raw[0] if len(raw) == 1 else hfd.concatenate_datasets(raw)).with_transform(decode_transform(policy))
 
 def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[DataReport]]:
     "Training and evaluation datasets of a config, and the validation reports of its sources."
     policy = image_policy(c)
     loaded = [load_source(s, policy, c.on_bad_data) for s in c.datasets]
-    train_ds, reports = _concat([d for d, _ in loaded], policy), [r for _, r in loaded]
+    train_ds, reports = _concat([d for d, _ in loaded], policy, [s.path for s in c.datasets]), [r for _, r in loaded]
     eval_ds = None
     if c.eval_datasets:
         ev = [load_source(s, policy, c.on_bad_data) for s in c.eval_datasets]
-        eval_ds = _concat([d for d, _ in ev], policy); reports += [r for _, r in ev]
+        eval_ds = _concat([d for d, _ in ev], policy, [s.path for s in c.eval_datasets]); reports += [r for _, r in ev]
     elif c.val_set_size:
         n = int(c.val_set_size) if c.val_set_size >= 1 else max(1, round(c.val_set_size * len(train_ds)))
         split = train_ds.with_format(None).train_test_split(test_size=n, seed=c.seed)
@@ -350,8 +361,9 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
-from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, BudgetFit
-from .lora import LoraSpec, apply_lora, lora_targets, lora_report, save_lora  # (sets bitsandbytes' logger before peft loads it)
+from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, BudgetFit, BudgetRow
+from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
+                   full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 def base_model_path(c: TrainConfig) -> str:
@@ -387,10 +399,13 @@ def auto_precision(text_config, quantization: str | None = None) -> tuple[str, s
 
 
 # %% ../nbs/04_train.ipynb #03dd92ad
-def activation_bytes(c: TrainConfig, text_config, budget: BudgetReport) -> int:
-    "Rough activation memory of the longest batch without checkpointing: 34 bytes per token per hidden unit per layer."
-    tokens = c.batch_size * (budget.percentile(100) or 1)
-    return tokens * text_config.hidden_size * text_config.num_hidden_layers * 34
+def activation_bytes(c: TrainConfig, text_config, budget: BudgetReport, attn_implementation: str | None = None) -> int:
+    "Rough activation memory of the longest batch without checkpointing: Korthikanti et al.'s s·b·h·(34 + 5·a·s/h) per layer."
+    s = min(budget.percentile(100) or 1, c.max_length or 2**62)  # the longest sample, as truncation leaves it
+    b, h, layers = c.batch_size, text_config.hidden_size, text_config.num_hidden_layers
+    a = getattr(text_config, "num_attention_heads", 1)
+    scores = 0 if attn_implementation == "flash_attention_2" else 5 * a * s * s * b  # scores, softmax, dropout mask: bytes
+    return (34 * s * b * h + scores) * layers
 
 def free_memory() -> int:
     "Free bytes on the training device: GPU memory, or the machine's available RAM."
@@ -414,12 +429,12 @@ class RunSettings:
 
 
 # %% ../nbs/04_train.ipynb #5eaea139
-def run_settings(c: TrainConfig, text_config, budget: BudgetReport) -> RunSettings:
+def run_settings(c: TrainConfig, text_config, budget: BudgetReport, attn_implementation: str | None = None) -> RunSettings:
     "Resolve a config's precision, activation checkpointing, LoRA dropout and batching for this machine."
     if c.precision == "auto": precision, why_p = auto_precision(text_config, c.quantization)
     else: precision, why_p = c.precision, "set in the config"
     if c.gradient_checkpointing == "auto":
-        need, free = activation_bytes(c, text_config, budget), free_memory()
+        need, free = activation_bytes(c, text_config, budget, attn_implementation), free_memory()
         ckpt, why_c = need > free / 2, f"activations ~{need / 2**20:,.0f} MiB, {free / 2**30:,.1f} GiB free"
     else: ckpt, why_c = bool(c.gradient_checkpointing), "set in the config"
     return RunSettings(precision, ckpt, c.lora.dropout, "length-grouped" if c.group_by_length else "random",
@@ -444,18 +459,22 @@ class Preflight:
     eval_steps: int | None = None           # resolved from eval_steps or evals_per_epoch
     save_steps: int | None = None           # resolved from save_steps or saves_per_epoch
     notes: list[str] = field(default_factory=list)  # what the config asked for that vlmnb reads its own way
+    output: str = ""                        # the output folder: writable, free space, space needed
+    skipped: list[dict] = field(default_factory=list)  # samples left out under on_bad_data: skip (`skipped_rows`)
     seconds: float = 0.0
 
     def _repr_markdown_(self):
-        skipped = sum(len(r.skipped) for r in self.data_reports)
+        kinds = ", ".join(f"{k} x{n}" for k, n in Counter(r["kind"] for r in self.skipped).most_common())
         lines = [f"**pre-flight of {self.config.base_model} ({self.arch}) in {self.seconds:.1f} s**", "",
                  f"- data: {len(self.train)} training samples" + (f", {len(self.eval)} held out" if self.eval is not None else "")
-                 + (f"; {skipped} bad samples skipped" if skipped else ""),
+                 + (f"; {len(self.skipped)} bad samples skipped ({kinds}), listed in the output folder's {SKIPPED_FILE}"
+                    if self.skipped else ""),
                  f"- tokens: {self.budget.summary()}"]
         if self.fit: lines.append(f"- budget: {self.fit}")
         lines.append(f"- LoRA: {len(self.targets)} modules, e.g. `{self.targets[0]}`" if self.targets else "- LoRA: projector only")
         lines.append(f"- settings: {self.settings.summary()}")
         lines.append(f"- stop token: {self.stop}")
+        if self.output: lines.append(f"- output: {self.output}")
         return "\n".join(lines + [f"- note: {n}" for n in self.notes])
 
     def __str__(self): return self._repr_markdown_().replace("**", "").replace("`", "")
@@ -519,6 +538,88 @@ def special_tokens_note(wanted: dict, tokenizer) -> str:
     return (f"special_tokens: vlmnb pads with the tokenizer's own {tokenizer.pad_token!r}, not {pad!r}; padding carries no "
             "label and no attention, so which token pads does not change training")
 
+# %% ../nbs/04_train.ipynb #a8ff6fb1
+CHECKPOINT_BYTES_PER_PARAMETER = 12  # fp32 trained weight (4) + AdamW's two fp32 moments (8); 8-bit optimizers store less
+DISK_MARGIN = 64 * 2**20             # processor files, trainer and RNG states, the loss plot: a margin, not a measurement
+
+def trainable_estimate(model, spec: LoraSpec, targets: list[str]) -> int:
+    "Parameters a LoRA run will train, counted on the (meta) model before adapters exist: r·(in+out) per adapted layer."
+    arch, n = arch_of(model.config), 0
+    for name in targets:
+        m = model.get_submodule(name)
+        n += spec.r * (m.in_features + m.out_features) if hasattr(m, "in_features") else sum(p.numel() for p in m.parameters())
+    full = [arch.projector, *arch.projector_extra] if spec.projector else []
+    full += [full_module_name(model, arch, m) for m in spec.modules_to_save or []]
+    n += sum(p.numel() for path in full for p in model.get_submodule(path).parameters())
+    extra = set(extra_trainable(model, spec))
+    return n + sum(p.numel() for name, p in model.named_parameters() if name in extra)
+
+def disk_need(c: TrainConfig, trainable: int, save_steps: int | None, total_steps: int) -> int:
+    "Bytes a run holds at once in its output folder: the checkpoints kept plus the one being written, the adapter, a margin."
+    saves = math.ceil(total_steps / save_steps) if save_steps else 2  # time-based saves: at least one kept and one being written
+    copies = min(c.save_total_limit + 1, saves) if c.save_total_limit else saves
+    return trainable * (CHECKPOINT_BYTES_PER_PARAMETER * copies + 4) + DISK_MARGIN
+
+# %% ../nbs/04_train.ipynb #3b8699c8
+def _mib(n: int) -> str: return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.1f} GiB"
+
+def check_output_dir(folder: str | Path, need: int) -> str:
+    "Check that `folder` can be written and has about `need` bytes free: the pre-flight's line, or a `ConfigError`."
+    folder = Path(folder)
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ConfigError(f"output_dir={str(folder)!r} cannot be created ({e.strerror}). Choose a folder you can write to.") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vlmnb-write-test-") as f:
+            f.write(b"\0" * 4096); f.flush(); os.fsync(f.fileno())  # a real block: a full disk fails here too
+    except OSError as e:
+        raise ConfigError(f"output_dir={str(folder)!r} is not writable ({e.strerror}): the run would train, then fail to save "
+                          "its checkpoints and adapter. Choose another output_dir, or make this one writable.") from None
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise ConfigError(f"output_dir={str(folder)!r}: its disk has {_mib(free)} free, and this run's checkpoints and adapter "
+                          f"need about {_mib(need)}. Free some space, choose another output_dir, or keep fewer checkpoints "
+                          "(save_total_limit).")
+    return f"{folder}: writable, {_mib(free)} free, about {_mib(need)} needed for checkpoints and the adapter"
+
+# %% ../nbs/04_train.ipynb #f801b238
+def context_length(config) -> int | None:
+    "The positions the language model was trained for (its text config's `max_position_embeddings`); None when it does not say."
+    n = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+def over_context(c: TrainConfig, budget: BudgetReport, context: int | None) -> list[BudgetRow]:
+    "The samples longer than the model's context that no `max_length` cuts (a `ConfigError` when `max_length` itself is longer)."
+    if context is None: return []
+    if c.max_length and c.max_length > context:
+        raise ConfigError(f"max_length={c.max_length} is over the model's context of {context:,} positions "
+                          f"(max_position_embeddings): set max_length to {context} or less.")
+    return [] if c.max_length else [r for r in budget.rows if r.total > context]
+
+def drop_over_context(c: TrainConfig, budget: BudgetReport, context: int | None, what: str = "samples") -> BudgetReport:
+    "`budget` with the samples over the context moved to its problems (`skip`), or a `ConfigError` naming them (`raise`)."
+    long = over_context(c, budget, context)
+    if not long: return budget
+    problems = [Problem(r.index, "over_context", f"{r.total:,} tokens, over the model's context of {context:,} positions") for r in long]
+    if c.on_bad_data == "raise":
+        raise ConfigError(f"{what} longer than the model's context (training would stop at their batch, after trying to allocate "
+                          "attention for their whole length):\n  " + "\n  ".join(str(p) for p in problems[:10])
+                          + f"\nSet max_length (at most {context:,}) to truncate or drop them (truncation), or on_bad_data: skip "
+                          "to leave them out (they are listed in the output folder's skipped.jsonl).")
+    return replace(budget, rows=[r for r in budget.rows if r.total <= context], problems=budget.problems + problems,
+                   problem_positions=budget.problem_positions + [r.position for r in long])
+
+# %% ../nbs/04_train.ipynb #274b656e
+SKIPPED_FILE = "skipped.jsonl"
+
+def skipped_rows(c: TrainConfig, reports: list[DataReport], fit: BudgetFit | None, source_at: list[str]) -> list[dict]:
+    "Every sample the pre-flight left out: stage, source, index in that source, kind and message."
+    rows = [{"stage": "data", "source": s.path, "index": p.index, "kind": p.kind, "message": p.message}
+            for s, r in zip(c.datasets + c.eval_datasets, reports) for p in r.problems]
+    for p, pos in zip(fit.dropped if fit else [], fit.dropped_positions if fit else []):
+        rows.append({"stage": "tokens", "source": source_at[pos] if 0 <= pos < len(source_at) else None, "index": p.index,
+                     "kind": p.kind, "message": p.message})
+    return rows
+
 # %% ../nbs/04_train.ipynb #f9205c91
 def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_steps: int | None = None,
                   save_steps: int | None = None) -> TrainingArguments:
@@ -548,27 +649,28 @@ def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_st
 
 # %% ../nbs/04_train.ipynb #038710c8
 def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
-    "Check data, token budget, LoRA targets and the Trainer's settings of a config before training: a `Preflight` or a clear error."
+    "Check data, token budget, context, LoRA targets, output folder and the Trainer's settings of a config before training."
     t0 = time.time()
     path = base_model_path(c)
     attn, why = resolve_attention(c.attn_implementation)
     if processor is None: processor = load_processor(path, trust_remote_code=c.trust_remote_code)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=c.trust_remote_code)
-    arch = arch_of(config)
+    arch, context = arch_of(config), context_length(config)
     notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
     train_ds, eval_ds, reports = run_data(c)
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
-    budget = token_budget(train_ds, collator, c.max_length)
+    budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
     if budget.problems and c.on_bad_data == "raise":
         raise ConfigError("samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in budget.problems[:10]))
-    fit = None
+    fit, source_at = None, train_ds["source"]
     if c.max_length or budget.problems:
         train_ds, fit = fit_to_budget(train_ds, budget, c.truncation)
     if len(train_ds) == 0: raise ConfigError("no training sample is left after the pre-flight; see its report.")
     train_ds = _with_lengths(train_ds, fit.lengths if fit else [r.total for r in budget.rows], c)
     if eval_ds is not None:  # the eval data is tokenized up front too: a bad eval sample fails now, not at the first evaluation
-        eval_budget = token_budget(eval_ds, collator, c.max_length)
+        eval_budget = drop_over_context(c.model_copy(update={"on_bad_data": "raise"}), token_budget(eval_ds, collator, c.max_length),
+                                        context, "evaluation samples")
         if eval_budget.problems: raise ConfigError("evaluation samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in eval_budget.problems[:10]))
         eval_ds, eval_fit = fit_to_budget(eval_ds, eval_budget, c.truncation)
         eval_ds = _with_lengths(eval_ds, eval_fit.lengths, c)
@@ -576,13 +678,15 @@ def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
     if model is None:
         with torch.device("meta"): model = transformers.AutoModelForImageTextToText.from_config(config)
     targets = lora_targets(model, lora_spec(c))
-    settings = run_settings(c, config.get_text_config(), budget)
+    settings = run_settings(c, config.get_text_config(), budget, attn)
     steps_per_epoch = math.ceil(len(train_ds) / (c.batch_size * c.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))))
     eval_steps = per_epoch(c.eval_steps, c.evals_per_epoch, steps_per_epoch) if eval_ds is not None else None
     save_steps = per_epoch(c.save_steps, c.saves_per_epoch, steps_per_epoch)
     check_optimizer(c, training_args(c, eval_ds is not None, settings, eval_steps, save_steps))
+    total_steps = c.max_steps if c.max_steps > 0 else math.ceil(c.epochs * steps_per_epoch)
+    output = check_output_dir(c.output_dir, disk_need(c, trainable_estimate(model, lora_spec(c), targets), save_steps, total_steps))
     return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, settings, collator.stop_note, attn,
-                     eval_steps, save_steps, notes, time.time() - t0)
+                     eval_steps, save_steps, notes, output, skipped_rows(c, reports, fit, source_at), time.time() - t0)
 
 # %% ../nbs/04_train.ipynb #982ba021
 def _with_lengths(ds, lengths: list[int], c: TrainConfig):
@@ -591,20 +695,29 @@ def _with_lengths(ds, lengths: list[int], c: TrainConfig):
 
 # %% ../nbs/04_train.ipynb #eaf76103
 def demo_config(output_dir: str = "outputs/demo", **overrides) -> TrainConfig:
-    "The embedded demo: the tiny SmolVLM learns the colour of a shape from 2,000 synthetic samples on CPU."
+    "The embedded demo: the tiny SmolVLM learns the colour of a shape from 2,000 synthetic samples on CPU (rerun: replaced)."
     return make_config({"base_model": "tiny:smolvlm", "datasets": [{"path": "synthetic:colour_shapes", "n": 2000, "seed": 1}],
                         "eval_datasets": [{"path": "synthetic:colour_shapes", "n": 200, "seed": 999}], "eval_samples": 200,
                         "lora": {"r": 16, "alpha": 32, "projector": True}, "learning_rate": 3e-3, "lr_scheduler": "cosine",
                         "warmup_ratio": 0.1, "max_steps": 300, "batch_size": 16, "logging_steps": 10, "max_new_tokens": 8,
-                        "output_dir": output_dir, "seed": 0, **overrides})
+                        "output_dir": output_dir, "seed": 0,
+                        "overwrite_output_dir": True, **overrides})  # the demo replaces its own earlier run
 
 # %% ../nbs/04_train.ipynb #b8b8df13
+HISTORY_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
+
+def history_rows(log_history: list[dict]) -> list[dict]:
+    "Loss-curve rows (step and the keys of `HISTORY_KEYS`) from the Trainer's log history."
+    rows = [{"step": h["step"], **{k: v for k, v in h.items() if k in HISTORY_KEYS}} for h in log_history if "step" in h]
+    return [r for r in rows if len(r) > 1]
+
 class LossHistory(TrainerCallback):
-    "Collects logged losses; in a notebook, redraws a loss curve in place."
+    "Collects logged losses (from the checkpoint's history on a resume); in a notebook, redraws a loss curve in place."
     def __init__(self, live: bool = False): self.history, self.live, self.handle = [], live, None
+    def on_train_begin(self, args, state, control, **kw): self.history = history_rows(state.log_history)
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or not state.is_world_process_zero: return
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "grad_norm")}}
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if k in HISTORY_KEYS}}
         if len(row) > 1: self.history.append(row)
         if self.live and "loss" in logs: self._draw()
     def _draw(self):
@@ -628,28 +741,250 @@ def plot_history(history: list[dict]):
 # %% ../nbs/04_train.ipynb #7281910a
 COMPLETE = "vlmnb-complete.json"
 
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    "Checkpoints of a run that were written completely, oldest first."
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p/COMPLETE).exists() and p.name.split("-")[-1].isdigit()]
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""): h.update(block)
+    return h.hexdigest()
+
+def checkpoint_files(folder: Path) -> dict[str, list]:
+    "`{name: [size, sha256]}` of every file in a checkpoint folder: the record a resume checks the folder against."
+    return {str(p.relative_to(folder)): [p.stat().st_size, _digest(p)] for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name != COMPLETE}
+
+def checkpoint_record(folder: str | Path) -> dict:
+    "What `CompleteCheckpoints` recorded about a checkpoint ({} when it is not complete)."
+    try: return json.loads((Path(folder)/COMPLETE).read_text())
+    except (OSError, ValueError): return {}
+
+def mark_complete(folder: Path, record: dict) -> None:
+    "Record every file of a checkpoint, then mark it complete (atomically: the marker appears whole or not at all)."
+    tmp = folder/(COMPLETE + ".tmp")
+    tmp.write_text(json.dumps({**record, "files": checkpoint_files(folder)}))
+    os.replace(tmp, folder/COMPLETE)
+
+def complete_checkpoints(output_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    "Checkpoints that were written completely (of one run, given its id), oldest first."
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p/COMPLETE).exists()]
+    if run_id is not None: found = [p for p in found if checkpoint_record(p).get("run_id") == run_id]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
+def checkpoint_damage(folder: str | Path) -> str | None:
+    "What is wrong with a complete checkpoint's files now (missing, resized, changed since written); None when whole."
+    folder, files = Path(folder), checkpoint_record(folder).get("files")
+    for name, (size, digest) in (files or {}).items():  # no record: written by an earlier vlmnb, nothing to compare
+        p = folder/name
+        if not p.is_file(): return f"{p} is missing"
+        if p.stat().st_size != size: return f"{p} is {p.stat().st_size:,} bytes, {size:,} when it was written (truncated or replaced)"
+        if _digest(p) != digest: return f"{p} has changed since it was written (its SHA-256 differs)"
+    return None
+
+# %% ../nbs/04_train.ipynb #768b100a
 class CompleteCheckpoints(TrainerCallback):
-    "Mark a checkpoint complete after the Trainer wrote it, then rotate old complete ones."
-    def __init__(self, keep: int | None): self.keep = keep
-    def on_save(self, args, state, control, **kw):
+    "Add the parameters PEFT leaves out, record every file, mark the checkpoint complete, then rotate this run's old ones."
+    def __init__(self, keep: int | None, run_id: str = "", config: dict | None = None, seconds_before: float = 0.0):
+        self.keep, self.run_id, self.config, self.seconds_before, self.t0 = keep, run_id, config or {}, seconds_before, time.time()
+    def on_train_begin(self, args, state, control, **kw): self.t0 = time.time()
+    def seconds(self) -> float: return self.seconds_before + time.time() - self.t0  # training time, over every resume
+    def on_save(self, args, state, control, model=None, **kw):
         if not state.is_world_process_zero: return
         folder = Path(args.output_dir)/f"checkpoint-{state.global_step}"
-        tmp = folder/(COMPLETE + ".tmp")
-        tmp.write_text(json.dumps({"step": state.global_step, "time": time.time()}))
-        os.replace(tmp, folder/COMPLETE)
+        if model is not None: save_extra(model, folder)  # Mllama's gates: trained, and not in PEFT's adapter files
+        mark_complete(folder, {"step": state.global_step, "time": time.time(), "run_id": self.run_id,
+                               "train_seconds": round(self.seconds(), 1), "config": self.config})
         if self.keep:
-            for old in complete_checkpoints(args.output_dir)[:-self.keep]: shutil.rmtree(old, ignore_errors=True)
+            for old in complete_checkpoints(args.output_dir, self.run_id)[:-self.keep]: shutil.rmtree(old, ignore_errors=True)
 
-class StopOnSigint(TrainerCallback):
-    "Ctrl-C: finish the step, save a checkpoint, stop."
-    def __init__(self): self.requested = False
+# %% ../nbs/04_train.ipynb #9c5e0ed8
+def _agree(flag: bool) -> bool:
+    "True on every process when it is true on any (processes must agree on when to save, or they wait for each other)."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+class SaveEvery(TrainerCallback):
+    "Checkpoint once `minutes` pass without a checkpoint, whatever the step interval."
+    def __init__(self, minutes: float | None): self.seconds, self.last = (minutes or 0) * 60, time.time()
+    def on_train_begin(self, *a, **kw): self.last = time.time()
+    def on_save(self, *a, **kw): self.last = time.time()
+    def on_step_end(self, args, state, control, **kw):
+        if self.seconds and _agree(time.time() - self.last >= self.seconds): control.should_save = True
+
+class StopOnSignal(TrainerCallback):
+    "Ctrl-C or SIGTERM: finish the step, save a checkpoint, stop. `signal` is the one received."
+    def __init__(self): self.signal = None
+    @property
+    def requested(self) -> bool: return self.signal is not None
+    def handler(self, signum, frame): self.signal = signum
     def on_step_end(self, args, state, control, **kw):
         if self.requested: control.should_save = True; control.should_training_stop = True
+
+# %% ../nbs/04_train.ipynb #5b04a8b7
+LOCK_FILE = ".vlmnb.lock"
+
+class RunLock:
+    "An exclusive lock on an output folder for the life of a run; the OS drops it when the process ends, however it ends."
+    def __init__(self, folder: str | Path): self.path, self.file = Path(folder)/LOCK_FILE, None
+    def acquire(self) -> "RunLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:
+            raise ConfigError(f"output_dir={str(self.path.parent)!r} is not writable ({e.strerror}). Choose another output_dir, "
+                              "or make this one writable.") from None
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or "another process"; f.close()
+            raise ConfigError(f"output_dir={str(self.path.parent)!r} is in use by another run ({holder}). Wait for it to end, "
+                              "or give this run another output_dir.") from None
+        f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+        self.file = f
+        return self
+    def release(self):
+        if self.file: fcntl.flock(self.file, fcntl.LOCK_UN); self.file.close(); self.file = None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/04_train.ipynb #5d4a55d3
+RUN_FILE = "vlmnb-run.json"
+RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", EXTRA_FILE, "vlmnb_config.yaml", "metrics.json", "history.json",
+               "loss.png", "predictions.jsonl", "README.md", SKIPPED_FILE, RUN_FILE, "base_model")
+
+def prior_run(folder: str | Path) -> str | None:
+    "What an earlier run left in `folder` (its adapter, complete checkpoints), in words; None when there is nothing."
+    folder = Path(folder)
+    done = complete_checkpoints(folder) if folder.is_dir() else []
+    parts = (["a finished run's adapter"] if (folder/"adapter_model.safetensors").exists() else []) + \
+            ([f"{len(done)} complete checkpoint{'s' * (len(done) > 1)} (the latest {done[-1].name})"] if done else [])
+    return " and ".join(parts) or None
+
+def clear_run(folder: Path, everything: bool) -> list[str]:
+    "Remove half-written checkpoints (and with `everything`, an earlier run's outputs and checkpoints): the names removed."
+    gone = [p for p in folder.glob("checkpoint-*") if p.is_dir() and (everything or not (p/COMPLETE).exists())]
+    if everything: gone += [folder/n for n in RUN_OUTPUTS if (folder/n).exists()]
+    for p in gone: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return sorted(p.name for p in gone)
+
+# %% ../nbs/04_train.ipynb #d346e787
+# Keys that may change when a run is resumed: the step budget, logging, evaluation, checkpointing and reporting.
+# Anything else (model, adapters, data, batch, optimizer, schedule, seed) would make the resumed run another run.
+RESUME_MAY_CHANGE = {"max_steps", "epochs", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps",
+                     "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch", "save_minutes", "save_total_limit",
+                     "report_to", "wandb", "eval_samples", "max_new_tokens", "num_workers", "progress_bar", "eval_datasets"}
+
+def config_changes(then: dict, now: dict) -> list[str]:
+    "The settings that differ between a checkpoint's config and this one, beyond `RESUME_MAY_CHANGE`."
+    return [f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(then) | set(now))
+            if k not in RESUME_MAY_CHANGE and then.get(k) != now.get(k)]
+
+def _checked(c: TrainConfig, folder: Path) -> Path:
+    then = checkpoint_record(folder).get("config")
+    if then and (changes := config_changes(then, c.model_dump(mode="json"))):
+        raise ConfigError(f"resume_from_checkpoint: {folder} was written by a run with other settings, and resuming would "
+                          "carry it on under these:\n  " + "\n  ".join(changes) + "\nResume with the settings it was written "
+                          "with, or start a new run (another output_dir, or overwrite_output_dir: true).")
+    return folder
+
+# %% ../nbs/04_train.ipynb #18521b79
+def resume_point(c: TrainConfig, notes: list[str]) -> str | None:
+    "The checkpoint to resume, checked whole and written under compatible settings (`notes` gets what was decided)."
+    r = c.resume_from_checkpoint
+    if r in (None, False): return None
+    if r is True or r == "latest":
+        done = complete_checkpoints(c.output_dir)
+        for p in reversed(done):
+            if (why := checkpoint_damage(p)) is None: return str(_checked(c, p))
+            notes.append(f"resume: {p.name} is damaged ({why}); trying the checkpoint before it")
+        notes.append(f"resume_from_checkpoint: {c.output_dir} holds no {'whole ' if done else ''}complete checkpoint, "
+                     "so training starts at step 0")
+        return None
+    p = Path(r)
+    if not (p/COMPLETE).exists():
+        raise ConfigError(f"resume_from_checkpoint={r!r} is not a complete checkpoint (no {COMPLETE}); "
+                          f"complete ones: {[str(x) for x in complete_checkpoints(c.output_dir)] or 'none'}.")
+    if why := checkpoint_damage(p):
+        raise ConfigError(f"resume_from_checkpoint={r!r} is damaged: {why}. Complete ones: "
+                          f"{[str(x) for x in complete_checkpoints(c.output_dir) if x != p] or 'none'}.")
+    return str(_checked(c, p))
+
+def claim_output_dir(c: TrainConfig) -> tuple[str | None, dict, list[str]]:
+    "Before anything loads: the checkpoint to resume, the run's record (its id), and notes; or a `ConfigError`."
+    out, notes = Path(c.output_dir), []
+    resume = resume_point(c, notes)
+    if resume:
+        record = {"run_id": checkpoint_record(resume).get("run_id") or uuid.uuid4().hex[:12], "resumed_from": resume}
+    else:
+        if (prior := prior_run(out)) and not c.overwrite_output_dir:
+            raise ConfigError(f"output_dir={str(out)!r} holds {prior} of an earlier run; a new run there would overwrite its "
+                              "adapter and mix its checkpoints with the new ones. Choose another output_dir, resume it "
+                              "(resume_from_checkpoint: true), or replace it (overwrite_output_dir: true; vlmnb train --overwrite).")
+        record = {"run_id": uuid.uuid4().hex[:12]}
+    if is_main_process() and out.is_dir() and (gone := clear_run(out, everything=not resume and c.overwrite_output_dir)):
+        notes.append(f"output_dir: removed {', '.join(gone[:8])}{' ...' if len(gone) > 8 else ''}"
+                     + (" (overwrite_output_dir)" if c.overwrite_output_dir and not resume else " (half-written checkpoints)"))
+    return resume, record, notes
+
+# %% ../nbs/04_train.ipynb #70ae39e4
+class SampleFailed(ValueError):
+    "A training sample that could not be read during training (it changed after the pre-flight checked it)."
+
+class RunError(RuntimeError):
+    "A run that stopped for a reason outside the config (a full disk), saying what to do next."
+
+def guarded_transform(policy: ImagePolicy, on_bad_data: str, report: Path | None = None):
+    "`decode_transform` for training: a sample that fails names its source and index; under `skip` it is marked `bad` and reported."
+    decode = decode_transform(policy)
+    def _guarded(batch: dict) -> dict:
+        n = len(next(iter(batch.values()), []))
+        if n == 0: return batch
+        rows, out = [{k: v[i] for k, v in batch.items()} for i in range(n)], []
+        for row in rows:
+            try: out.append({k: v[0] for k, v in decode({k: [v] for k, v in row.items()}).items()} | {"bad": None})
+            except (ImageProblem, SampleError, OSError, ValueError) as e:
+                name = f"{row.get('source', 'the training data')} sample {row.get('source_index')}"
+                if on_bad_data == "raise": raise SampleFailed(f"{name} failed during training: {e}") from None
+                if report is not None:
+                    with open(report, "a") as f: f.write(json.dumps({"stage": "training", "source": row.get("source"),
+                        "index": row.get("source_index"), "kind": getattr(e, "kind", type(e).__name__), "message": str(e)}) + "\n")
+                out.append({**row, "images": [], "bad": f"{name}: {e}"})
+        return {k: [r[k] for r in out] for k in out[0]}
+    return _guarded
+
+class SkipBad:
+    "The collator, after dropping the samples `guarded_transform` marked bad (a batch with none left is an error)."
+    def __init__(self, collator): self.collator = collator
+    def __call__(self, samples: list[dict]) -> dict:
+        good = [s for s in samples if not s.get("bad")]
+        if not good: raise SampleFailed("every sample of a batch failed during training: " + "; ".join(s["bad"] for s in samples))
+        return self.collator(good)
+
+# %% ../nbs/04_train.ipynb #073eca1c
+def save_now(trainer, ckpt: CompleteCheckpoints) -> str:
+    "Write a complete checkpoint of the last finished step, with the Trainer's own checkpoint writer; say where."
+    step, folder = trainer.state.global_step, Path(trainer.args.output_dir)/f"checkpoint-{trainer.state.global_step}"
+    if step == 0: return "No step had finished, so there is no checkpoint to resume from."
+    if not (folder/COMPLETE).exists():
+        trainer._save_checkpoint(trainer.model, trial=None)  # model, optimizer, scheduler, RNG and trainer state (transformers 5.23)
+        ckpt.on_save(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    return f"A checkpoint of step {step} is complete: {folder}."
+
+def disk_full(e: BaseException | None) -> bool:
+    "Whether an error (or one it came from) means the disk is full: ENOSPC, or torch's 'unexpected pos' when a write came up short."
+    while e is not None:
+        if getattr(e, "errno", None) == errno.ENOSPC or any(s in str(e) for s in ("No space left", "unexpected pos")): return True
+        e = e.__cause__ or e.__context__
+    return False
+
+def disk_full_message(output_dir: str | Path) -> str:
+    "Say that the disk is full, after removing the half-written checkpoint, and what to resume from."
+    out = Path(output_dir); clear_run(out, everything=False)
+    done = complete_checkpoints(out)
+    last = f"the last complete checkpoint is {done[-1]}" if done else "no checkpoint had been completed"
+    return (f"writing to {out} failed: its disk is full ({_mib(shutil.disk_usage(out).free)} free now). The half-written checkpoint "
+            f"was removed, and {last}. Free some space (or keep fewer checkpoints: save_total_limit), then "
+            + ("resume with resume_from_checkpoint: true." if done else "start the run again."))
 
 # %% ../nbs/04_train.ipynb #e0b890f2
 @dataclass
@@ -660,27 +995,40 @@ class TrainResult:
     history: list[dict]
     interrupted: bool = False
     predictions: list[dict] = field(default_factory=list)
+    signal: int | None = None               # the signal that stopped the run (SIGINT 2, SIGTERM 15)
 
     def _repr_markdown_(self):
         m, lines = self.metrics, [f"**{'interrupted' if self.interrupted else 'finished'}: {self.output_dir}**", ""]
         if "before" in m: lines.append(f"- accuracy {m['before']['accuracy']:.1%} before, {m['after']['accuracy']:.1%} after ({m['eval_samples']} held-out samples)")
-        lines.append(f"- {m.get('steps', 0)} steps in {m.get('train_seconds', 0):.0f} s, final loss {m.get('final_loss', float('nan')):.3f}")
+        lines.append(f"- {m.get('steps', 0)} steps in {m.get('train_seconds', 0):.0f} s, final loss {m.get('final_loss', float('nan')):.3f}"
+                     + (f" (resumed from step {m['resumed_from']})" if m.get("resumed_from") else ""))
+        if s := m.get("skipped"): lines.append(f"- {s['count']} samples skipped ({s['by_kind']}), listed in {s['file']}")
         lines += [f"- `{p['reference']}`: before `{p['before'][:30]}`, after `{p['after'][:30]}`" for p in self.predictions[:3]]
         return "\n".join(lines)
     def __str__(self): return self._repr_markdown_().replace("**", "")
 
 # %% ../nbs/04_train.ipynb #754a07ec
-def _resume_point(c: TrainConfig) -> str | None:
-    r = c.resume_from_checkpoint
-    if r in (None, False): return None
-    if r is True or r == "latest":
-        done = complete_checkpoints(c.output_dir)
-        return str(done[-1]) if done else None
-    p = Path(r)
-    if not (p/COMPLETE).exists():
-        raise ConfigError(f"resume_from_checkpoint={r!r} is not a complete checkpoint (no {COMPLETE}); "
-                          f"complete ones: {[str(x) for x in complete_checkpoints(c.output_dir)] or 'none'}.")
-    return str(p)
+def loss_over(history: list[dict], upto: int) -> float | None:
+    "The mean training loss of steps 1..`upto` from logged rows, each a mean over the steps since the log before it."
+    total, last = 0.0, 0
+    for h in (h for h in history if "loss" in h and h["step"] <= upto): total += h["loss"] * (h["step"] - last); last = h["step"]
+    return total / last if last else None
+
+def skipped_summary(output_dir: Path) -> dict | None:
+    "The count of `skipped.jsonl`'s rows by kind, for metrics.json."
+    path = Path(output_dir)/SKIPPED_FILE
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    return {"count": len(rows), "by_kind": dict(Counter(r["kind"] for r in rows)), "file": SKIPPED_FILE} if rows else None
+
+def _record(out: Path, record: dict, **kw) -> None:
+    "Write the run's record, `vlmnb-run.json`: its id, where it resumed from, its status."
+    if is_main_process(): (out/RUN_FILE).write_text(json.dumps({**record, **kw}, indent=1))
+
+def _write_skipped(out: Path, rows: list[dict]) -> None:
+    "The pre-flight's skip report, keeping the rows of samples that failed during an earlier part of the run."
+    path = out/SKIPPED_FILE
+    earlier = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("stage") == "training"] if path.exists() else []
+    if rows or earlier: path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(l + "\n" for l in earlier))
 
 # %% ../nbs/04_train.ipynb #dd712a25
 def _write_outputs(c: TrainConfig, peft_model, processor, history, metrics, predictions) -> None:
@@ -705,55 +1053,93 @@ def _in_notebook() -> bool:
     try: return type(get_ipython()).__name__ == "ZMQInteractiveShell"  # noqa: F821
     except NameError: return False
 
-def train(config: TrainConfig | dict | str | Path | None = None, overrides: list[str] = (), callbacks: list = ()) -> TrainResult:
-    "Fine-tune with LoRA/QLoRA as the config says: pre-flight, train, save adapter, processor, metrics and loss curve."
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+# %% ../nbs/04_train.ipynb #667bead6
+def _fit(trainer, ckpt: CompleteCheckpoints, stop: StopOnSignal, resume: str | None, out: Path):
+    "`trainer.train`, with Ctrl-C and SIGTERM as a clean stop, a failing sample and a full disk as clear errors."
+    handlers = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
+    try:
+        with warnings.catch_warnings():  # transformers deprecates a property that peft and the Trainer still read
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return trainer.train(resume_from_checkpoint=resume)
+    except SampleFailed as e:
+        raise SampleFailed(f"{e}\n{save_now(trainer, ckpt)} Fix or remove that sample (or set on_bad_data: skip), then "
+                           "resume with resume_from_checkpoint: true.") from None
+    except (OSError, RuntimeError) as e:
+        if disk_full(e): raise RunError(disk_full_message(out)) from e
+        raise
+    finally:
+        for s, h in handlers.items(): signal.signal(s, h)
+
+# %% ../nbs/04_train.ipynb #5de85473
+def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict, resume: str | None, samples, callbacks):
+    "The Trainer of a run, its callbacks, and the training data decoded through `guarded_transform`."
+    from vlmnb.eval import GenerationEval
+    out = Path(c.output_dir)
+    collator = SkipBad(VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
+                                   append_eos=c.append_eos))
+    train_ds = pf.train.with_format(None).with_transform(guarded_transform(image_policy(c), c.on_bad_data, out/SKIPPED_FILE))
+    history, stop = LossHistory(live=_in_notebook()), StopOnSignal()
+    ckpt = CompleteCheckpoints(c.save_total_limit, record["run_id"], c.model_dump(mode="json"),
+                               checkpoint_record(resume).get("train_seconds", 0.0) if resume else 0.0)
+    gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
+    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps),
+                      train_dataset=train_ds, eval_dataset=pf.eval, data_collator=collator,
+                      callbacks=[history, ckpt, SaveEvery(c.save_minutes), stop, *([gen_eval] if gen_eval else []), *callbacks])
+    if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    return trainer, history, stop, ckpt, gen_eval
+
+# %% ../nbs/04_train.ipynb #ac45a413
+def _train(c: TrainConfig, resume: str | None, record: dict, notes: list[str], callbacks: list) -> TrainResult:
     from vlmnb.eval import accuracy
-    c = make_config(config, overrides) if not isinstance(config, TrainConfig) else config.check()
-    resume = _resume_point(c)  # a bad checkpoint path fails now, not after loading and evaluating
+    out = Path(c.output_dir)
     transformers.set_seed(c.seed)
-    Path(c.output_dir).mkdir(parents=True, exist_ok=True)
-    path = base_model_path(c)
-    model, processor = load_model(path, quantization=c.quantization, attn_implementation=resolve_attention(c.attn_implementation)[0],
-                                  trust_remote_code=c.trust_remote_code)
-    pf = preflight(c, processor, model)
-    if is_main_process(): print(pf)
+    model, processor = load_model(base_model_path(c), quantization=c.quantization, trust_remote_code=c.trust_remote_code,
+                                  attn_implementation=resolve_attention(c.attn_implementation)[0])
+    pf = preflight(c, processor, model); pf.notes[:0] = notes
+    if is_main_process():
+        print(pf); _record(out, record, status="running", since=time.strftime("%Y-%m-%d %H:%M:%S")); _write_skipped(out, pf.skipped)
     samples = _eval_samples(c, pf.eval)
     before = accuracy(model, processor, samples, c.max_new_tokens) if samples else None
     transformers.set_seed(c.seed)
     peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=pf.settings.gradient_checkpointing,
                             gradient_checkpointing_kwargs=c.gradient_checkpointing_kwargs)
-    collator = VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
-                           append_eos=c.append_eos)
+    if resume: load_extra(peft_model, resume, is_trainable=True)  # what PEFT's checkpoint leaves out: Mllama's gates
     os.environ.update({f"WANDB_{k.upper()}": v for k, v in c.wandb.items()})
-    history, stop = LossHistory(live=_in_notebook()), StopOnSigint()
-    from vlmnb.eval import GenerationEval
-    gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
-    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps), train_dataset=pf.train,
-                      eval_dataset=pf.eval, data_collator=collator,
-                      callbacks=[history, CompleteCheckpoints(c.save_total_limit), stop, *([gen_eval] if gen_eval else []), *callbacks])
-    if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(stop, "requested", True)) if _main_thread() else None
-    t0 = time.time()
-    try:
-        with warnings.catch_warnings():  # transformers deprecates a property that peft and the Trainer still read
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            output = trainer.train(resume_from_checkpoint=resume)
-    finally:
-        if previous is not None: signal.signal(signal.SIGINT, previous)
-    seconds = time.time() - t0
-    metrics = {"steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "world_size": trainer.args.world_size,
-               "settings": asdict(pf.settings),
-               "train_loss": output.training_loss,
-               "final_loss": next((h["loss"] for h in reversed(history.history) if "loss" in h), output.training_loss)}
+    trainer, history, stop, ckpt, gen_eval = _trainer(c, pf, peft_model, processor, record, resume, samples, callbacks)
+    output = _fit(trainer, ckpt, stop, resume, out)
+    steps, before_steps = trainer.state.global_step, int(Path(resume).name.split("-")[-1]) if resume else 0
+    earlier = loss_over(history.history, before_steps) if before_steps else None
+    train_loss = (earlier * before_steps + output.training_loss * (steps - before_steps)) / steps if earlier is not None else output.training_loss
+    metrics = {"steps": steps, "train_seconds": round(ckpt.seconds(), 1), "world_size": trainer.args.world_size,
+               "settings": asdict(pf.settings), "train_loss": train_loss,
+               "final_loss": next((h["loss"] for h in reversed(history.history) if "loss" in h), output.training_loss),
+               **({"resumed_from": before_steps} if resume else {})}
     if gen_eval: metrics["generation_eval"] = gen_eval.log
+    if is_main_process() and (s := skipped_summary(out)): metrics["skipped"] = s
     predictions = []
     if samples and not stop.requested:
         after = accuracy(peft_model, processor, samples, c.max_new_tokens)
         metrics.update(before={"accuracy": before.accuracy}, after={"accuracy": after.accuracy}, eval_samples=len(samples))
         predictions = [{"reference": r, "before": b, "after": a} for r, b, a in zip(after.references, before.predictions, after.predictions)]
-    if trainer.is_world_process_zero(): _write_outputs(c, peft_model, processor, history.history, metrics, predictions)
-    return TrainResult(Path(c.output_dir), metrics, history.history, interrupted=stop.requested, predictions=predictions)
+    if trainer.is_world_process_zero():
+        try: _write_outputs(c, peft_model, processor, history.history, metrics, predictions)
+        except OSError as e:
+            if disk_full(e): raise RunError(disk_full_message(out)) from e
+            raise
+        _record(out, record, status="interrupted" if stop.requested else "finished", steps=steps)
+    return TrainResult(out, metrics, history.history, interrupted=stop.requested, predictions=predictions, signal=stop.signal)
 
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
+# %% ../nbs/04_train.ipynb #5996ce2c
+def train(config: TrainConfig | dict | str | Path | None = None, overrides: list[str] = (), callbacks: list = ()) -> TrainResult:
+    "Fine-tune with LoRA/QLoRA as the config says: pre-flight, train, save adapter, processor, metrics and loss curve."
+    c = make_config(config, overrides) if not isinstance(config, TrainConfig) else config.check()
+    lock = RunLock(c.output_dir).acquire() if is_main_process() else None  # a second run into this folder stops here
+    try:
+        resume, record, notes = claim_output_dir(c)  # before anything loads: an earlier run is not overwritten
+        return _train(c, resume, record, notes, list(callbacks))
+    finally:
+        if lock: lock.release()
