@@ -304,3 +304,18 @@ def test_a_sample_longer_than_the_context_is_refused_by_index(tmp_path, base):
         preflight(make_config(config(base, tmp_path, data=data, max_length=4096)))
     pf = preflight(make_config(config(base, tmp_path, data=data, max_length=2048, truncation="drop")))
     assert len(pf.train) == 5 and [(r["index"], r["kind"]) for r in pf.skipped] == [(2, "too_long")]
+
+
+def test_image_paths_outside_the_dataset_folder(tmp_path, base):
+    data = write_data(tmp_path / "ds", n=8)
+    elsewhere = tmp_path / "elsewhere.png"
+    Image.new("RGB", (32, 32), COLOURS["red"]).save(elsewhere)
+    rows = data.read_text().splitlines()
+    rows[3] = json.dumps({"image": str(elsewhere), "question": "What colour is the image?", "answer": "red"})
+    data.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"sample 3 \[path_escape\].*outside the dataset root"):
+        preflight(make_config(config(base, tmp_path, data=data)))
+    cfg = config(base, tmp_path, data=data)
+    cfg["datasets"][0]["allow_outside_root"] = True
+    pf = preflight(make_config(cfg))
+    assert len(pf.train) == 8 and any("1 image path lies outside the dataset root" in n for n in pf.notes), pf.notes

@@ -15,8 +15,9 @@ __all__ = ['parser', 'main']
 # %% ../nbs/07_cli.ipynb #e8a3f7f1
 def _data_check(args) -> int:
     from vlmnb.data import check, ImagePolicy
-    policy = ImagePolicy(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio)
-    report = check(args.source, root=args.root, split=args.split, policy=policy, check_images=not args.no_images)
+    policy = ImagePolicy(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio, block_private_urls=args.block_private_urls)
+    report = check(args.source, root=args.root, split=args.split, policy=policy, check_images=not args.no_images,
+                   allow_outside_root=args.allow_outside_root)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0 if report.ok else 1
 
@@ -48,6 +49,8 @@ def _add_data(sub) -> None:
     p.add_argument("--min-side", type=int, default=16, help="smallest image side accepted, in pixels")
     p.add_argument("--max-aspect-ratio", type=float, default=200.0, help="largest aspect ratio accepted")
     p.add_argument("--no-images", action="store_true", help="check structure only, without opening images")
+    p.add_argument("--allow-outside-root", action="store_true", help="accept image paths outside the dataset's folder (counted)")
+    p.add_argument("--block-private-urls", action="store_true", help="refuse image URLs on private or loopback addresses (hosted use)")
     p.set_defaults(func=_data_check)
     p = data.add_parser("budget", help="tokens per sample for a model: text, image, total; samples over --max-length and what would fit")
     p.add_argument("source", help="JSON/JSONL/parquet/CSV file, dataset folder or image folder")

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #a240194f
 from __future__ import annotations
-import base64, binascii, csv, hashlib, io, itertools, json, math, os, random, re, textwrap, urllib.error, urllib.parse, urllib.request, warnings
+import base64, binascii, contextlib, csv, hashlib, http.client, io, ipaddress, itertools, json, math, os, random, re, reprlib, socket, stat, textwrap, threading, time, urllib.error, urllib.parse, urllib.request, warnings
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -19,13 +19,14 @@ from datasets.exceptions import DatasetNotFoundError
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS', 'Resize', 'Resample',
-           'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'COLOURS', 'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC',
-           'Problem', 'SampleError', 'image_ref', 'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy',
-           'open_image', 'to_rgb', 'resize_image', 'normalise_image', 'check_image', 'check_sample', 'DataReport',
-           'parse_split', 'split_rows', 'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub', 'read_records',
-           'DataError', 'decode_transform', 'canonical_dataset', 'prepare', 'load_samples', 'check', 'colour_shapes',
-           'count_shapes', 'text_images', 'load_data', 'show_samples']
+__all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'MAX_IMAGE_BYTES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS',
+           'MAX_REDIRECTS', 'Resize', 'Resample', 'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'COLOURS', 'SHAPES',
+           'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'image_ref', 'canonical_sample',
+           'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image', 'normalise_image',
+           'check_image', 'check_sample', 'DataReport', 'parse_split', 'split_rows', 'from_image_folder', 'is_hub_id',
+           'HubUnavailable', 'read_hub', 'read_records', 'DataError', 'decode_transform', 'canonical_dataset',
+           'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes', 'text_images', 'load_data',
+           'show_samples']
 
 # %% ../nbs/00_data.ipynb #518a92fb
 ROLES = ("system", "user", "assistant")
@@ -58,46 +59,72 @@ class SampleError(ValueError):
 def _fail(index, kind, message): raise SampleError(Problem(index, kind, message))
 
 # %% ../nbs/00_data.ipynb #eb18558d
-def _decode_base64(s: str, index: int, where: str) -> bytes:
-    payload = s.split(",", 1)[1] if s.startswith("data:") else s
-    try: return base64.b64decode("".join(payload.split()), validate=True)
+MAX_IMAGE_BYTES = 32 * 2**20  # largest encoded image accepted (file, URL, bytes, base64): 32 MiB, far over any training image
+
+def _size(n: int) -> str: return f"{n:,} bytes" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
+
+def _too_large(what: str, n: int, cap: int) -> str:
+    return f"{what} is {_size(n)}, over the cap of {_size(cap)} (ImagePolicy.max_file_bytes). Shrink it, or raise the cap."
+
+def _decode_base64(s, index: int, where: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    if isinstance(s, (bytes, bytearray)): s = bytes(s).decode("latin-1")  # base64 is ASCII; other bytes fail below
+    if not isinstance(s, str): _fail(index, "bad_base64", f"{where}: base64 image data is a {type(s).__name__}, expected a string.")
+    start = s.find(",") + 1 if s.startswith("data:") else 0  # a data URI's payload follows its first comma
+    chars = len(s) - start - sum(s.count(c, start) for c in " \t\n\r\f\v")  # counted in place: a huge string is not copied
+    if chars * 3 // 4 > max_bytes: _fail(index, "image_too_large", _too_large(f"{where}: base64 image data", chars * 3 // 4, max_bytes))
+    try: return base64.b64decode("".join(s[start:].split()), validate=True)
     except (binascii.Error, ValueError) as e:
         _fail(index, "bad_base64", f"{where}: base64 image data does not decode ({e}). Re-encode the image with base64.b64encode.")
 
-def _resolve_path(p: str, root: Path | None, index: int, where: str) -> str:
-    path = Path(p).expanduser()
-    if path.is_absolute(): return str(path)
-    base = (root or Path.cwd()).resolve()
-    full = (base / path).resolve()
-    if root is not None and not full.is_relative_to(base):
-        _fail(index, "path_escape", f"{where}: path {p!r} resolves to {full}, outside the dataset root {base}. "
-                                    "Keep image paths inside the root, or pass a root that contains them.")
+# %% ../nbs/00_data.ipynb #d020ed15
+def _resolve_path(p: str, root: Path | None, index: int, where: str, allow_outside_root: bool = False) -> str:
+    "`p` as an absolute path with symlinks resolved, refused unless it lies inside `root` (default: the working directory)."
+    base = Path(root if root is not None else Path.cwd()).expanduser().resolve()
+    try: full = (base / Path(p).expanduser()).resolve()  # an absolute or ~ path replaces base
+    except (RuntimeError, OSError, ValueError) as e:  # a symlink loop, a NUL byte, ~user of no such user
+        _fail(index, "bad_path", f"{where}: path {p!r} cannot be resolved ({e}). Fix the path.")
+    if not (allow_outside_root or full.is_relative_to(base)):
+        _fail(index, "path_escape", f"{where}: path {p!r} resolves to {full}, outside the dataset root {base}. Keep image paths "
+                                    "inside the root, pass a root that contains them, or pass allow_outside_root=True "
+                                    "to accept them (they are counted in the report).")
     return str(full)
 
 # %% ../nbs/00_data.ipynb #7ab83e2c
-def _from_string(s: str, root, index, where) -> dict:
-    if s.startswith("data:"): return {"bytes": _decode_base64(s, index, where), "path": None}
+def _from_string(s: str, root, index, where, allow_outside_root, max_bytes) -> dict:
+    if s.startswith("data:"): return {"bytes": _decode_base64(s, index, where, max_bytes), "path": None}
     scheme = urllib.parse.urlsplit(s).scheme.lower()
     if scheme in ("http", "https"): return {"bytes": None, "path": s}
     if len(scheme) > 1:  # one letter is a Windows drive
-        _fail(index, "url_scheme", f"{where}: {s!r} uses the {scheme!r} scheme; only http and https URLs, "
+        _fail(index, "url_scheme", f"{where}: {s[:200]!r} uses the {scheme!r} scheme; only http and https URLs, "
                                    "local paths, base64 and image bytes are accepted.")
-    return {"bytes": None, "path": _resolve_path(s, root, index, where)}
+    return {"bytes": None, "path": _resolve_path(s, root, index, where, allow_outside_root)}
 
-def image_ref(item: Any, root: Path | None = None, index: int = 0, where: str = "image") -> dict:
+def _inline_bytes(data, index, where, max_bytes) -> bytes:
+    if len(data) > max_bytes: _fail(index, "image_too_large", _too_large(f"{where}: the image bytes", len(data), max_bytes))
+    return bytes(data)
+
+def image_ref(
+    item: Any,                         # a path, URL, base64 string or data URI, bytes, PIL image, or a dict holding one
+    root: Path | None = None,          # folder that local paths must lie in (default: the working directory)
+    index: int = 0,                    # sample index, for messages
+    where: str = "image",              # which image of the sample, for messages
+    allow_outside_root: bool = False,  # accept local paths outside `root`
+    max_bytes: int = MAX_IMAGE_BYTES,  # refuse inline bytes and base64 larger than this, before decoding
+) -> dict:
     "Turn any supported image reference into datasets' `{'bytes', 'path'}` pair, without decoding pixels."
+    again = lambda x: image_ref(x, root, index, where, allow_outside_root, max_bytes)
     if isinstance(item, Image.Image):
         buf = io.BytesIO(); item.save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
-    if isinstance(item, (bytes, bytearray)): return {"bytes": bytes(item), "path": None}
-    if isinstance(item, (str, Path)): return _from_string(str(item), root, index, where)
+    if isinstance(item, (bytes, bytearray)): return {"bytes": _inline_bytes(item, index, where, max_bytes), "path": None}
+    if isinstance(item, (str, Path)): return _from_string(str(item), root, index, where, allow_outside_root, max_bytes)
     if isinstance(item, dict):
-        if isinstance(item.get("bytes"), (bytes, bytearray)): return {"bytes": bytes(item["bytes"]), "path": item.get("path")}
-        if item.get("base64") is not None: return {"bytes": _decode_base64(item["base64"], index, where), "path": None}
-        if isinstance(item.get("image_url"), dict): return image_ref(item["image_url"].get("url"), root, index, where)
+        if isinstance(item.get("bytes"), (bytes, bytearray)): return {"bytes": _inline_bytes(item["bytes"], index, where, max_bytes), "path": item.get("path")}
+        if item.get("base64") is not None: return {"bytes": _decode_base64(item["base64"], index, where, max_bytes), "path": None}
+        if isinstance(item.get("image_url"), dict): return again(item["image_url"].get("url"))
         for key in ("image", "image_url", "url", "path"):
-            if item.get(key) is not None: return image_ref(item[key], root, index, where)
-    _fail(index, "bad_image_ref", f"{where}: cannot read an image from {type(item).__name__} {str(item)[:80]!r}; "
+            if item.get(key) is not None: return again(item[key])
+    _fail(index, "bad_image_ref", f"{where}: cannot read an image from {type(item).__name__} {reprlib.repr(item)}; "
                                   "give a path, an http(s) url, base64, bytes, a PIL image or {'bytes', 'path'}.")
 
 # %% ../nbs/00_data.ipynb #8bd4de3c
@@ -212,10 +239,12 @@ def _check_assistant(turns, index):
             _fail(index, "empty_assistant", f"turn {t}: the assistant text is empty. Drop the sample or fill in the answer.")
 
 def canonical_sample(
-    record: dict,                    # one sample in any supported layout
-    index: int = 0,                  # its index in the source, for messages
-    root: str | Path | None = None,  # folder that relative image paths are resolved against
-    column_map: dict | None = None,  # rename columns first, e.g. {"question": "prompt", "answer": "completion"}
+    record: dict,                      # one sample in any supported layout
+    index: int = 0,                    # its index in the source, for messages
+    root: str | Path | None = None,    # folder that image paths are resolved against and must lie in (default: the working directory)
+    column_map: dict | None = None,    # rename columns first, e.g. {"question": "prompt", "answer": "completion"}
+    allow_outside_root: bool = False,  # accept image paths outside `root`
+    max_bytes: int = MAX_IMAGE_BYTES,  # refuse inline images (bytes, base64) larger than this
 ) -> dict:
     "Turn one record of any supported layout into `{'messages', 'images', 'source_index'}` with image refs."
     if not isinstance(record, dict): _fail(index, "bad_layout", f"is a {type(record).__name__}, expected a dict.")
@@ -235,7 +264,7 @@ def canonical_sample(
     _check_assistant(turns, index)
     root = Path(root) if root is not None else None
     return {"messages": turns, "source_index": index,
-            "images": [image_ref(im, root, index, f"image {k}") for k, im in enumerate(images)]}
+            "images": [image_ref(im, root, index, f"image {k}", allow_outside_root, max_bytes) for k, im in enumerate(images)]}
 
 # %% ../nbs/00_data.ipynb #3e2faf96
 class ImageProblem(Exception):
@@ -244,21 +273,154 @@ class ImageProblem(Exception):
 
 def _cache_dir() -> Path: return Path(os.environ.get("VLMNB_CACHE", Path.home()/".cache"/"vlmnb"))/"urls"
 
-def fetch_url(url: str, timeout: float = 10.0, max_bytes: int = 32 * 2**20) -> bytes:
-    "Download `url` (http/https) once into the cache, with a timeout and a size cap."
-    cached = _cache_dir()/hashlib.sha256(url.encode()).hexdigest()
-    if cached.exists(): return cached.read_bytes()
+def _cache_get(path: Path, max_bytes: int) -> bytes | None:
+    "The bytes cached at `path`, or None when there are none or they cannot be read."
+    try: return path.read_bytes() if path.stat().st_size <= max_bytes and path.is_file() else None
+    except OSError: return None
+
+_CACHE_WARNED: set[str] = set()  # cache folders already warned about: one warning per folder and process
+
+def _cache_put(path: Path, data: bytes) -> None:
+    "Store `data` at `path` atomically; a cache that cannot be written is warned about once, and the fetch goes on."
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "vlmnb"}), timeout=timeout) as r:
-            data = r.read(max_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ImageProblem("url_unreachable", f"could not fetch {url} ({getattr(e, 'reason', e)}). Check the URL or your network.") from e
-    if len(data) > max_bytes: raise ImageProblem("url_too_large", f"{url} is over {max_bytes / 2**20:.0f} MiB; download and shrink it first.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data); tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError): tmp.unlink()
+        if str(path.parent) not in _CACHE_WARNED:
+            _CACHE_WARNED.add(str(path.parent))
+            warnings.warn(f"the URL cache {path.parent} cannot be written ({e.strerror or e}); images are fetched without it. "
+                          "Point VLMNB_CACHE at a writable folder to cache them.", stacklevel=2)
+
+# %% ../nbs/00_data.ipynb #c4afac9c
+def _env_on(name: str) -> bool: return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+def _address_refusal(ip: str) -> str | None:
+    "Why the private-address switch refuses `ip` (loopback, private, ...), or None for a public address."
+    a = ipaddress.ip_address(ip.split("%")[0])  # without an IPv6 zone (fe80::1%eth0)
+    if a.version == 6 and a.ipv4_mapped: a = a.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
+        if getattr(a, f"is_{kind}"): return kind.replace("_", "-")
+    return None if a.is_global else "non-public"  # e.g. 100.64.0.0/10, shared by carrier-grade NAT
+
+def _refuse_blocked(host: str, infos: list) -> None:
+    "Raise `url_blocked` when any address in `getaddrinfo`'s answer for `host` is not public."
+    for *_, sockaddr in infos:
+        if why := _address_refusal(sockaddr[0]):
+            raise ImageProblem("url_blocked", f"is refused: its host {host} resolves to {sockaddr[0]}, a {why} address, and "
+                                              "private addresses are blocked (VLMNB_BLOCK_PRIVATE_URLS, ImagePolicy.block_private_urls).")
+
+# %% ../nbs/00_data.ipynb #7ea2b399
+MAX_REDIRECTS = 5  # hops followed per URL; a real image host needs one or two (http -> https, a CDN)
+
+def _connector(block: bool, deadline: float):
+    "A `socket.create_connection` for http.client that checks addresses when `block` and connects within `deadline`."
+    def connect(address, timeout=None, source_address=None, *args, **kwargs):
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if block: _refuse_blocked(host, infos)
+        error = OSError(f"{host} has no address")
+        for family, kind, proto, _, sockaddr in infos:  # the checked addresses, not a second lookup
+            s = socket.socket(family, kind, proto)
+            try:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                if source_address: s.bind(source_address)
+                s.connect(sockaddr); return s
+            except OSError as e: error = e; s.close()
+        raise error
+    return connect
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    "Follows at most `MAX_REDIRECTS` redirects, each to an http(s) URL."
+    def __init__(self): super().__init__(); self.hops = 0
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            scheme, self.hops = urllib.parse.urlsplit(target).scheme.lower(), self.hops + 1
+            if scheme not in ("http", "https"):
+                fp.close(); raise ImageProblem("url_scheme", f"redirects to {target[:200]!r}, a {scheme!r} URL; only http and https are followed.")
+            if self.hops > MAX_REDIRECTS:
+                fp.close(); raise ImageProblem("url_redirects", f"redirects more than {MAX_REDIRECTS} times (the last to {target[:200]}); give the final URL.")
+        return super().http_error_302(req, fp, code, msg, headers)
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+def _opener(block: bool, deadline: float, sockets: list) -> urllib.request.OpenerDirector:
+    "An opener whose connections are checked and made by `_connector`, and whose sockets are added to `sockets`."
+    connect = _connector(block, deadline)
+    def connection(cls):
+        def make(host, **kwargs):
+            c = cls(host, **kwargs); c._create_connection = connect
+            opened = c.connect
+            def connect_and_keep(): opened(); sockets.append(c.sock)  # the TLS socket too, once wrapped
+            c.connect = connect_and_keep
+            return c
+        return make
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req): return self.do_open(connection(http.client.HTTPConnection), req)
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req): return self.do_open(connection(http.client.HTTPSConnection), req, context=self._context)
+    return urllib.request.build_opener(HTTP(), HTTPS(), _Redirects(), *([urllib.request.ProxyHandler({})] if block else []))
+
+# %% ../nbs/00_data.ipynb #2453aa9a
+_CHUNK = 64 * 2**10  # bytes per read: the deadline is checked between reads
+
+def _download(url: str, timeout: float, max_bytes: int, block: bool) -> tuple[bytes, str]:
+    "The body of `url` and a description of the response, within one deadline for the whole exchange."
+    deadline, sockets, expired = time.monotonic() + timeout, [], threading.Event()
+    def expire():  # unblock a read stuck on a slow server: shut this download's sockets
+        expired.set()
+        for s in list(sockets):
+            with contextlib.suppress(OSError): socket.socket.shutdown(s, socket.SHUT_RDWR)  # the raw shutdown, also for TLS sockets
+    timer = threading.Timer(timeout, expire); timer.daemon = True; timer.start()
+    try:
+        with _opener(block, deadline, sockets).open(urllib.request.Request(url, headers={"User-Agent": "vlmnb"}), timeout=timeout) as r:
+            declared = r.headers.get("Content-Length", "").strip()
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageProblem("url_too_large", f"declares {_size(int(declared))}, over the cap of {_size(max_bytes)} (ImagePolicy.max_file_bytes); download and shrink it first.")
+            data = bytearray()
+            while (chunk := r.read1(_CHUNK)) and not expired.is_set():
+                data += chunk
+                if len(data) > max_bytes: raise ImageProblem("url_too_large", f"is over the cap of {_size(max_bytes)} (ImagePolicy.max_file_bytes); download and shrink it first.")
+                if time.monotonic() > deadline: expired.set()
+            response = f"HTTP {r.status}, Content-Type {(r.headers.get('Content-Type') or 'not given')[:80]}, {len(data):,} bytes"
+    except ImageProblem as e: raise ImageProblem(e.kind, f"{url} {e}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        if not (expired.is_set() or time.monotonic() >= deadline):
+            why = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+            raise ImageProblem("url_unreachable", f"could not fetch {url} ({why}). Check the URL or your network.") from e
+    finally: timer.cancel()
+    if expired.is_set() or time.monotonic() >= deadline:
+        raise ImageProblem("url_timeout", f"{url} did not arrive within {timeout:g} s (the time allowed for the whole download). "
+                                          "Retry, raise timeout=, or host the image somewhere faster.")
+    return bytes(data), response
+
+def fetch_url(
+    url: str,                          # http(s) URL of an image
+    timeout: float = 10.0,             # seconds for the whole download, redirects included (not per read)
+    max_bytes: int = MAX_IMAGE_BYTES,  # refuse responses larger than this
+    block_private: bool = False,       # refuse hosts that resolve to non-public addresses (also on with VLMNB_BLOCK_PRIVATE_URLS=1)
+) -> bytes:
+    "Download the image at `url` once into the cache, within a total deadline, a size cap and the redirect rules."
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise ImageProblem("url_scheme", f"{url[:200]!r} is not an http(s) URL; only those are fetched.")
+    block = block_private or _env_on("VLMNB_BLOCK_PRIVATE_URLS")
+    if block:  # before the cache, so that an address refused now is refused even if it was fetched before
+        parts = urllib.parse.urlsplit(url)
+        try: infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError, ValueError): infos = []  # unresolvable: the download says so
+        try: _refuse_blocked(parts.hostname, infos)
+        except ImageProblem as e: raise ImageProblem(e.kind, f"{url} {e}") from None
+    cached = _cache_dir()/hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    if (data := _cache_get(cached, max_bytes)) is not None: return data
+    data, response = _download(url, timeout, max_bytes, block)
     try: Image.open(io.BytesIO(data))  # only images are cached: an error page must be fetched again next time
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageProblem("url_not_image", f"{url} did not return an image (it starts with {data[:20]!r}).") from e
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp"); tmp.write_bytes(data); tmp.replace(cached)
+    except Image.DecompressionBombError: pass  # an image, a huge one: open_image refuses it as it refuses the file on disk
+    except Exception as e:
+        raise ImageProblem("url_not_image", f"{url} did not return an image ({response}). "
+                                            "Check that the URL points at the image itself, not at a web page.") from e
+    _cache_put(cached, data)
     return data
 
 # %% ../nbs/00_data.ipynb #cf390755
@@ -277,6 +439,8 @@ class ImagePolicy:
     min_side: int = 16                # refuse images whose shorter side is below this
     max_aspect_ratio: float = 200.0   # refuse images longer than this many times their width (Qwen2-VL's limit)
     max_image_pixels: int = 64 * 2**20  # refuse larger images before decoding (decompression bombs)
+    max_file_bytes: int = MAX_IMAGE_BYTES  # refuse encoded images larger than this: files by their size on disk, URLs, bytes, base64
+    block_private_urls: bool = False  # refuse URLs whose host is a private, loopback, link-local or reserved address (hosted use)
 
     def __post_init__(self):
         if self.resize not in ("none", "longest_edge", "pad", "stretch"):
@@ -284,26 +448,51 @@ class ImagePolicy:
         if self.resample not in ("bilinear", "bicubic", "lanczos"):
             raise ValueError(f"ImagePolicy.resample={self.resample!r}; use one of bilinear, bicubic, lanczos.")
         if self.resize != "none" and self.size is None: raise ValueError(f"ImagePolicy.resize={self.resize!r} needs a size.")
+        if not isinstance(self.max_file_bytes, int) or self.max_file_bytes < 1:
+            raise ValueError(f"ImagePolicy.max_file_bytes={self.max_file_bytes!r}; give a positive number of bytes.")
+
+# %% ../nbs/00_data.ipynb #0660accc
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+def _not_a_file(path: str, mode: int) -> ImageProblem:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return ImageProblem("not_a_file", f"{path} is {kind}, not an image file. Point the sample at the image file itself.")
+
+def _read_file(path: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    "The bytes of the regular file at `path`; other kinds of file and files over `max_bytes` are refused without being read."
+    try: st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError): raise ImageProblem("missing_file", f"{path} does not exist. Check the path and the dataset root.") from None
+    except OSError as e: raise ImageProblem("unreadable_file", f"{path} cannot be read ({e.strerror or e}). Check it and its permissions.") from None
+    if not stat.S_ISREG(st.st_mode): raise _not_a_file(path, st.st_mode)
+    if st.st_size > max_bytes: raise ImageProblem("image_too_large", _too_large(path, st.st_size, max_bytes))
+    try:
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb") as f:
+            if not stat.S_ISREG(mode := os.fstat(f.fileno()).st_mode): raise _not_a_file(path, mode)
+            data = f.read(max_bytes + 1)
+    except OSError as e: raise ImageProblem("unreadable_file", f"{path} cannot be read ({e.strerror or e}). Check it and its permissions.") from None
+    if len(data) > max_bytes: raise ImageProblem("image_too_large", _too_large(path, len(data), max_bytes))
+    if not data: raise ImageProblem("empty_file", f"{path} is empty (0 bytes). Re-export or remove the image.")
+    return data
 
 # %% ../nbs/00_data.ipynb #16b26d2b
-def _read_bytes(ref: dict, timeout: float) -> tuple[bytes, str]:
+def _read_bytes(ref: dict, timeout: float, policy: ImagePolicy | None = None) -> tuple[bytes, str]:
     "The encoded bytes of an image ref and a name for messages."
-    if ref.get("bytes") is not None: return ref["bytes"], "the embedded image"
+    policy = policy or ImagePolicy()
+    if ref.get("bytes") is not None:
+        if len(ref["bytes"]) > policy.max_file_bytes: raise ImageProblem("image_too_large", _too_large("the embedded image", len(ref["bytes"]), policy.max_file_bytes))
+        return ref["bytes"], "the embedded image"
     path = ref.get("path")
     if path is None: raise ImageProblem("bad_image_ref", "the image has neither bytes nor a path.")
-    if urllib.parse.urlsplit(path).scheme in ("http", "https"): return fetch_url(path, timeout), path
-    p = Path(path)
-    if not p.is_file(): raise ImageProblem("missing_file", f"{path} does not exist. Check the path and the dataset root.")
-    data = p.read_bytes()
-    if not data: raise ImageProblem("empty_file", f"{path} is empty (0 bytes). Re-export or remove the image.")
-    return data, path
+    if urllib.parse.urlsplit(path).scheme in ("http", "https"): return fetch_url(path, timeout, policy.max_file_bytes, policy.block_private_urls), path
+    return _read_file(path, policy.max_file_bytes), path
 
 def _ref_name(ref: dict) -> str: return ref.get("path") or "the embedded image"
 
 def open_image(ref: dict, policy: ImagePolicy | None = None, timeout: float = 10.0) -> Image.Image:
     "Read and fully decode the image behind `ref` (bytes, path or URL), refusing bombs before decoding."
     policy = policy or ImagePolicy()
-    data, name = _read_bytes(ref, timeout)
+    data, name = _read_bytes(ref, timeout, policy)
     url = urllib.parse.urlsplit(name).scheme in ("http", "https")
     try:
         img = Image.open(io.BytesIO(data))
@@ -316,7 +505,7 @@ def open_image(ref: dict, policy: ImagePolicy | None = None, timeout: float = 10
     except Image.DecompressionBombError as e:
         raise ImageProblem("decompression_bomb", f"{name} is over Pillow's own pixel limit ({e}). Shrink it, or raise "
                                                  "PIL.Image.MAX_IMAGE_PIXELS as well as ImagePolicy.max_image_pixels.") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # whatever a hostile file makes a decoder raise, it is a bad image, not a crash of the whole check
         why = "is not in an image format Pillow reads" if isinstance(e, UnidentifiedImageError) else f"cannot be decoded ({e})"
         if url: raise ImageProblem("url_not_image", f"{name} {why}.") from e
         raise ImageProblem("corrupt_image", f"{name} {why}. The file is corrupt or truncated; re-export it.") from e
@@ -395,6 +584,7 @@ class DataReport:
     n_samples: int
     problems: list[Problem] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # indices left out under on_error='skip'
+    notes: list[str] = field(default_factory=list)    # what is not a problem but must be said, e.g. paths accepted outside the root
 
     @property
     def bad_indices(self) -> list[int]: return sorted({p.index for p in self.problems})
@@ -402,11 +592,14 @@ class DataReport:
     def n_ok(self) -> int: return self.n_samples - len(self.bad_indices)
     @property
     def ok(self) -> bool: return not self.problems
-    def to_dict(self) -> dict: return {"n_samples": self.n_samples, "n_ok": self.n_ok, "problems": [asdict(p) for p in self.problems]}
+    def to_dict(self) -> dict:
+        d = {"n_samples": self.n_samples, "n_ok": self.n_ok, "problems": [asdict(p) for p in self.problems]}
+        return {**d, "notes": list(self.notes)} if self.notes else d
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} x{n}" for k, n in Counter(p.kind for p in self.problems).most_common())
-        return f"{self.n_ok} of {self.n_samples} samples ok" + (f"; {len(self.bad_indices)} bad ({kinds})" if self.problems else "")
+        return (f"{self.n_ok} of {self.n_samples} samples ok" + (f"; {len(self.bad_indices)} bad ({kinds})" if self.problems else "")
+                + "".join(f"; note: {n}" for n in self.notes))
 
     def __str__(self): return "\n".join([self.summary(), *(f"  {p}" for p in self.problems)])
 
@@ -452,17 +645,37 @@ def _dataset_records(ds, split: str | None):
     return zip(rows, _stored_rows(ds.select(rows) if len(rows) != len(ds) else ds)), None, len(rows)
 
 # %% ../nbs/00_data.ipynb #f3e4ca09
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
+
+def _not_utf8(path: Path, raw: bytes, offset: int) -> str:
+    line = raw.count(b"\n", 0, offset) + 1
+    return (f"{path} is not UTF-8: byte 0x{raw[offset]:02x} at byte offset {offset} (line {line}) does not decode. "
+            "Re-save the file as UTF-8.")
+
 def _jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    "`(index, record)` for each non-blank line; a line that is not JSON becomes a `bad_json` error naming its line number."
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, l) for n, l in enumerate(f, 1) if l.strip()]
+    "`(index, record)` for each non-blank line; a line that is not UTF-8 or not JSON becomes an error naming its line number."
+    with open(path, "rb") as f:
+        lines = [(n, line.removeprefix(_BOM) if n == 1 else line) for n, line in enumerate(f, 1)]
+    lines = [(n, line) for n, line in lines if line.strip()]
     for i, (n, line) in enumerate(lines):
-        try: yield i, json.loads(line)
+        try: yield i, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield i, SampleError(Problem(i, "bad_encoding", f"{path.name} line {n} is not UTF-8 (byte 0x{line[e.start]:02x} at "
+                                                            f"column {e.start + 1}). Re-save the file as UTF-8."))
         except json.JSONDecodeError as e:
             yield i, SampleError(Problem(i, "bad_json", f"{path.name} line {n} is not valid JSON ({e.msg} at column {e.colno}). Fix or remove it."))
+        except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+            yield i, SampleError(Problem(i, "bad_json", f"{path.name} line {n} cannot be read as JSON ({type(e).__name__}: {e}). Fix or remove it."))
 
 def _json(path: Path, split: str | None) -> list:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    raw = path.read_bytes(); body = raw.removeprefix(_BOM)
+    try: text = body.decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(_not_utf8(path, raw, e.start + len(raw) - len(body))) from None
+    try: data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix it, "
+                         "or write one record per line as JSONL so that one bad record does not stop the rest.") from None
+    except (ValueError, RecursionError) as e: raise ValueError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}).") from None
     if isinstance(data, dict):
         if split in data: data = data[split]
         elif isinstance(data.get("data"), list): data = data["data"]
@@ -480,12 +693,21 @@ def _manifest(folder: Path) -> Path | None:
     found = [p for p in folder.iterdir() if p.suffix in (".csv", ".jsonl")]
     return found[0] if len(found) == 1 else None
 
+def _csv_rows(path: Path) -> list[dict]:
+    "The rows of a CSV manifest, a byte-order mark skipped; a file that is not UTF-8 or not CSV is refused with where."
+    raw = path.read_bytes(); body = raw.removeprefix(_BOM)
+    try: text = body.decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(_not_utf8(path, raw, e.start + len(raw) - len(body))) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try: return list(reader)
+    except csv.Error as e: raise ValueError(f"{path} line {reader.line_num} is not valid CSV ({e}).") from None
+
 def from_image_folder(folder: str | Path, manifest: str | Path | None = None, prompt: str = "Describe the image.") -> list[dict]:
     "Records (prompt/completion with one image) from a folder of images and its caption manifest."
     folder = Path(folder); mf = Path(manifest) if manifest else _manifest(folder)
     if mf is None: raise FileNotFoundError(f"{folder} has no manifest; add metadata.csv with columns file_name,text (or question,answer).")
     if not mf.is_absolute() and not mf.exists(): mf = folder/mf
-    rows = [r for _, r in _jsonl(mf)] if mf.suffix == ".jsonl" else list(csv.DictReader(open(mf, encoding="utf-8", newline="")))
+    rows = [r for _, r in _jsonl(mf)] if mf.suffix == ".jsonl" else _csv_rows(mf)
     out = []
     for i, r in enumerate(rows):
         if isinstance(r, Exception): out.append(r); continue
@@ -592,7 +814,7 @@ def read_records(
     name: str | None = None,    # config of a repository or Hub dataset
     streaming: bool = False,    # stream a repository or Hub dataset
 ) -> tuple[Iterable[tuple[int, Any]], Path | None, int | None]:
-    "`(index, record)` pairs of a source, the default root for its relative paths, and the number of records (None while streaming)."
+    "`(index, record)` pairs of a source, the folder its image paths must lie in (None: it has none), and the number of records (None while streaming)."
     if isinstance(source, (hfd.Dataset, hfd.DatasetDict)): return _dataset_records(source, split)
     if isinstance(source, (list, tuple)): return enumerate(source), None, len(source)
     if not isinstance(source, (str, Path)): raise TypeError(f"cannot read samples from a {type(source).__name__}; give a list, a path, a Hub dataset id or a datasets.Dataset.")
@@ -603,14 +825,15 @@ def read_records(
     if fmt not in FORMATS: raise ValueError(f"{p}: unknown format {fmt or p.suffix!r}; use .json, .jsonl, .parquet, .csv or a folder, or pass format= one of {', '.join(FORMATS)}.")
     if fmt == "hub": return read_hub(str(p), name, split, streaming)
     if name is not None: raise ValueError(f"{p}: name={name!r} picks a config of a dataset repository or Hub dataset, and this is a {fmt} source; leave name out.")
-    if fmt == "disk": return _dataset_records(hfd.load_from_disk(str(p)), split)
+    folder = p if p.is_dir() else p.parent  # the root for the image paths of a local source
+    if fmt == "disk": records, _, n = _dataset_records(hfd.load_from_disk(str(p)), split); return records, folder, n
     if fmt == "parquet":
         files = sorted(p.glob("**/*.parquet")) if p.is_dir() else [p]
-        return _dataset_records(hfd.Dataset.from_parquet([str(f) for f in files]), split)
+        records, _, n = _dataset_records(hfd.Dataset.from_parquet([str(f) for f in files]), split); return records, folder, n
     if fmt == "imagefolder": recs = from_image_folder(p); return enumerate(recs), p, len(recs)
-    if fmt == "jsonl": recs = list(_jsonl(p)); return iter(recs), p.parent, len(recs)
-    if fmt == "json": recs = _json(p, split); return enumerate(recs), p.parent, len(recs)
-    recs = from_image_folder(p.parent, p); return enumerate(recs), p.parent, len(recs)  # csv manifest
+    if fmt == "jsonl": recs = list(_jsonl(p)); return iter(recs), folder, len(recs)
+    if fmt == "json": recs = _json(p, split); return enumerate(recs), folder, len(recs)
+    recs = from_image_folder(p.parent, p); return enumerate(recs), folder, len(recs)  # csv manifest
 
 # %% ../nbs/00_data.ipynb #b22ffff1
 class DataError(ValueError):
@@ -640,45 +863,56 @@ def canonical_dataset(rows: list[dict], policy: ImagePolicy | None = None, featu
     return hfd.Dataset.from_dict(columns, features=features).with_transform(decode_transform(policy))
 
 # %% ../nbs/00_data.ipynb #c7320e13
+def _outside(row: dict, base: Path) -> int:
+    "How many of a canonical row's local image paths lie outside `base`."
+    return sum(1 for ref in row["images"] if ref["bytes"] is None and ref["path"]
+               and urllib.parse.urlsplit(ref["path"]).scheme not in ("http", "https") and not Path(ref["path"]).is_relative_to(base))
+
 def prepare(
     source,                                      # list of records, JSON/JSONL/parquet/CSV path, folder, Hub dataset id, or datasets.(Dataset|DatasetDict)
-    root: str | Path | None = None,              # folder for relative image paths (default: the source file's folder)
+    root: str | Path | None = None,              # folder image paths resolve against and must lie in (default: the source's folder; for a list, an in-memory dataset or a Hub id, the working directory)
     split: str | None = None,                    # split, or slice of one (train[:100], train[:1%]), of a DatasetDict / dataset folder / Hub dataset; key of a JSON object
     format: str | None = None,                   # force a reader: json, jsonl, parquet, csv, imagefolder, disk, hub (default: guessed)
     column_map: dict | None = None,              # rename columns, e.g. {"question": "prompt", "answer": "completion"}
     policy: ImagePolicy | None = None,           # image normalisation and limits
     on_error: Literal["raise", "skip"] = "raise",  # stop on bad samples, or leave them out and report them
     check_images: bool = True,                   # open every image now (catches missing, corrupt, tiny, bomb, bad URL)
-    timeout: float = 10.0,                       # seconds per URL fetch
+    timeout: float = 10.0,                       # seconds per URL fetch, for the whole download
     name: str | None = None,                     # config of a Hub dataset or repository folder, e.g. the_cauldron's ai2d
     streaming: bool = False,                     # Hub dataset or repository: read rows as they are used instead of preparing every shard first
     n: int | None = None,                        # stop once n samples are usable; only the records read are checked and reported
+    allow_outside_root: bool = False,            # accept image paths outside the root (absolute paths on purpose); the report counts them
 ) -> tuple[hfd.Dataset, DataReport]:
     "Read, canonicalise and validate `source`: the lazily-decoding dataset and the validation report."
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error={on_error!r}; use 'raise' or 'skip'.")
     records, default_root, _ = read_records(source, split, format, name, streaming)
-    root = Path(root) if root is not None else default_root
-    rows, problems, n_read = [], [], 0
+    root = Path(root).expanduser() if root is not None else default_root
+    base, max_bytes = (root or Path.cwd()).resolve(), (policy or ImagePolicy()).max_file_bytes
+    rows, problems, n_read, outside = [], [], 0, 0
     for i, rec in records:
         n_read += 1
         try:
             if isinstance(rec, SampleError): raise rec
-            row = canonical_sample(rec, i, root, column_map)
+            row = canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)
         except SampleError as e: problems.append(e.problem); continue
+        if allow_outside_root: outside += _outside(row, base)
         found = check_sample(row, i, policy, timeout) if check_images else []
         if found: problems += found
         else: rows.append(row)
         if n and len(rows) >= n: break  # a stream is left unread from here
     report = DataReport(n_read, problems)
+    if outside: report.notes.append(f"{outside} image path{'s lie' if outside > 1 else ' lies'} outside the dataset root {base}, "
+                                    "accepted because allow_outside_root=True")
     if problems and on_error == "raise": raise DataError(report, str(source) if isinstance(source, (str, Path)) else "the dataset")
     report.skipped = report.bad_indices
     return canonical_dataset(rows, policy), report
 
 def load_samples(source, **kwargs) -> hfd.Dataset:
-    "`prepare` returning only the dataset; skipped samples are announced with a warning."
+    "`prepare` returning only the dataset; skipped samples and the report's notes are announced with a warning."
     ds, report = prepare(source, **kwargs)
     if report.skipped: warnings.warn(f"skipped {len(report.skipped)} bad samples (indices {report.skipped[:20]}"
                                      f"{'...' if len(report.skipped) > 20 else ''}): {report.summary()}", stacklevel=2)
+    elif report.notes: warnings.warn("; ".join(report.notes), stacklevel=2)
     return ds
 
 def check(source, **kwargs) -> DataReport:
@@ -760,7 +994,8 @@ SYNTHETIC = {"colour_shapes": colour_shapes, "count_shapes": count_shapes, "text
 
 def load_data(path: str, split: str | None = None, root: str | None = None, format: str | None = None,
               column_map: dict | None = None, n: int | None = None, seed: int = 0, policy: ImagePolicy | None = None,
-              on_error: str = "raise", name: str | None = None, streaming: bool = False) -> tuple[hfd.Dataset, DataReport]:
+              on_error: str = "raise", name: str | None = None, streaming: bool = False,
+              allow_outside_root: bool = False) -> tuple[hfd.Dataset, DataReport]:
     "A canonical dataset and its report from a path or Hub dataset id, or from `synthetic:TASK` (`n` samples from `seed`)."
     if path.startswith("synthetic:"):
         task = path.split(":", 1)[1]
@@ -769,7 +1004,7 @@ def load_data(path: str, split: str | None = None, root: str | None = None, form
         ds = ds.remove_columns([c for c in ds.column_names if c not in FEATURES])
         return ds.with_transform(decode_transform(policy)), DataReport(len(ds))
     return prepare(path, root=root, split=split, format=format, column_map=column_map, policy=policy, on_error=on_error,
-                   name=name, streaming=streaming, n=n)
+                   name=name, streaming=streaming, n=n, allow_outside_root=allow_outside_root)
 
 # %% ../nbs/00_data.ipynb #6363552d
 def show_samples(ds: hfd.Dataset, n: int = 6, ncols: int = 3, width: int = 28, indices: Iterable[int] | None = None):

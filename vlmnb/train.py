@@ -48,6 +48,7 @@ class DataSource(_Strict):
     column_map: dict[str, str] | None = None  # rename columns, e.g. {question: prompt, answer: completion}
     n: int | None = None              # synthetic: how many samples; otherwise: only the first n
     seed: int = 0                     # synthetic: the seed
+    allow_outside_root: bool = False  # accept image paths outside the dataset's folder (or root), counted in the report
 
 class LoraFields(_Strict):
     "The LoRA spec of a run (see the LoRA notebook)."
@@ -70,6 +71,7 @@ class TrainConfig(_Strict):
     image_size: int | list[int] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    block_private_urls: bool = False        # hosted use: refuse image URLs on private, loopback, link-local or reserved addresses
     image_resample: Literal["bilinear", "bicubic", "lanczos"] = "bicubic"
     max_length: int | None = None           # tokens per sample
     truncation: Literal["truncate", "drop"] = "truncate"
@@ -328,7 +330,7 @@ import datasets as hfd
 def image_policy(c: TrainConfig) -> ImagePolicy:
     "The `ImagePolicy` of a config."
     size = tuple(c.image_size) if isinstance(c.image_size, list) else c.image_size
-    return ImagePolicy(c.image_resize, size, c.min_pixels, c.max_pixels, c.image_resample)
+    return ImagePolicy(c.image_resize, size, c.min_pixels, c.max_pixels, c.image_resample, block_private_urls=c.block_private_urls)
 
 def load_source(src: DataSource, policy: ImagePolicy, on_error: str) -> tuple[hfd.Dataset, DataReport]:
     "One data source of a config as a canonical dataset, and its validation report."
@@ -659,6 +661,7 @@ def preflight(c: TrainConfig, processor=None, model=None) -> Preflight:
     notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
     train_ds, eval_ds, reports = run_data(c)
+    notes += [f"data: {n}" for r in reports for n in r.notes]  # e.g. image paths accepted outside the root, as asked
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
     if budget.problems and c.on_bad_data == "raise":
