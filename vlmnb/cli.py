@@ -6,11 +6,11 @@ Docs: https://vlmnb.github.io/vlmnb/cli.html.md"""
 
 # %% ../nbs/07_cli.ipynb #69863c6e
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, importlib.util, json, linecache, os, re, sys, traceback
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['parser', 'main']
+__all__ = ['parser', 'own_error', 'main']
 
 # %% ../nbs/07_cli.ipynb #e8a3f7f1
 def _data_check(args) -> int:
@@ -62,6 +62,7 @@ def _add_data(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_data_budget)
 
+# %% ../nbs/07_cli.ipynb #ebd6e012
 def _tiny(args) -> int:
     from vlmnb.load import PRESETS, preset_model, tiny_model, model_summary
     model, _ = (preset_model if args.arch in PRESETS else tiny_model)(args.arch, args.out_dir, seed=args.seed)
@@ -75,6 +76,7 @@ def _add_tiny(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.set_defaults(func=_tiny)
 
+# %% ../nbs/07_cli.ipynb #41861f9e
 def _train(args) -> int:
     from vlmnb.train import train, demo_config, make_config
     config = make_config(args.config, args.set) if args.config else make_config(demo_config(), args.set)
@@ -93,6 +95,16 @@ def _validate(args) -> int:
     print("ok: the config, data, token budget and LoRA targets check out")
     return 0
 
+def _add_train(sub) -> None:
+    for name, func, helptext in (("train", _train, "fine-tune (no config: the embedded demo on synthetic data)"),
+                                 ("validate", _validate, "check config, data, token budget and LoRA targets without training")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("config", nargs="?" if name == "train" else None, help="YAML config (vlmnb or Axolotl keys)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. lora.r=8")
+        if name == "train": p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir (overwrite_output_dir)")
+        p.set_defaults(func=func)
+
+# %% ../nbs/07_cli.ipynb #630e1407
 def _export(args) -> int:
     from vlmnb.export import export
     report = export(args.output_dir, args.out, merge_adapter=args.merge, dtype=args.dtype, n_samples=args.samples,
@@ -110,6 +122,7 @@ def _add_export(sub) -> None:
     p.add_argument("--allow-mismatch", action="store_true", help="save even when the merged model answers differently")
     p.set_defaults(func=_export)
 
+# %% ../nbs/07_cli.ipynb #26f2e695
 def _eval(args) -> int:
     from vlmnb.data import load_data
     from vlmnb.eval import evaluate
@@ -139,18 +152,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", action="store_true", help="print every sample's prediction and scores as JSON")
     p.set_defaults(func=_eval)
 
-def _add_train(sub) -> None:
-    for name, func, helptext in (("train", _train, "fine-tune (no config: the embedded demo on synthetic data)"),
-                                 ("validate", _validate, "check config, data, token budget and LoRA targets without training")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("config", nargs="?" if name == "train" else None, help="YAML config (vlmnb or Axolotl keys)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. lora.r=8")
-        if name == "train": p.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir (overwrite_output_dir)")
-        p.set_defaults(func=func)
-
+# %% ../nbs/07_cli.ipynb #0b39b21f
 def parser() -> argparse.ArgumentParser:
     "The `vlmnb` argument parser."
     p = argparse.ArgumentParser(prog="vlmnb", description="Fine-tune vision-language models with LoRA/QLoRA.")
+    p.add_argument("--debug", action="store_true", help="print the traceback of every error (also anywhere after the command)")
     sub = p.add_subparsers(dest="command", required=True)
     _add_data(sub)
     _add_tiny(sub)
@@ -160,15 +166,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/07_cli.ipynb #5b7d0d40
-def _own_errors() -> tuple:
-    "The errors whose message is for the user: one line, exit code 2 (a run's RunError once training has been imported)."
-    train = sys.modules.get("vlmnb.train")
-    return (FileNotFoundError, ValueError, TypeError, ImportError) + ((train.RunError,) if train else ())
+_PACKAGE = Path(importlib.util.find_spec("vlmnb").origin).resolve().parent  # the installed vlmnb/ folder
+
+def own_error(e: BaseException) -> bool:
+    "Whether `e` is vlmnb's word to the user: a vlmnb error class, a missing file, or raised by a `raise` in vlmnb's code."
+    if type(e).__module__.split(".")[0] == "vlmnb" or isinstance(e, FileNotFoundError): return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None: tb = tb.tb_next
+    if tb is None: return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return path.is_relative_to(_PACKAGE) and re.search(r"\braise\b", linecache.getline(str(path), tb.tb_lineno)) is not None
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `vlmnb` command."
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VLMNB_DEBUG") == "1"
+    args = parser().parse_args([a for a in argv if a != "--debug"])
     try: return args.func(args)
-    except _own_errors() as e:
-        print(f"vlmnb: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        own = own_error(e)
+        if debug or not own: traceback.print_exc()
+        print(f"vlmnb: error: {e}" if own else f"vlmnb: unexpected error ({type(e).__name__}: {e}); the traceback above "
+              "says where. If it is in vlmnb, please report it.", file=sys.stderr)
+        return 2 if own else 1

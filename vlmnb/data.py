@@ -837,13 +837,13 @@ def read_records(
 
 # %% ../nbs/00_data.ipynb #b22ffff1
 class DataError(ValueError):
-    "A dataset with bad samples under on_error='raise'; `.report` has every problem."
-    def __init__(self, report: DataReport, source: str = "the dataset"):
-        self.report = report
+    "A dataset with bad samples under on_error='raise'; `.report` has every problem. `skip_hint` names the setting that skips them where the error surfaces."
+    def __init__(self, report: DataReport, source: str = "the dataset", skip_hint: str = "pass on_error='skip'"):
+        self.report, self.source = report, source
         shown = "\n".join(f"  {p}" for p in report.problems[:10])
         more = f"\n  ... and {len(report.problems) - 10} more" if len(report.problems) > 10 else ""
         super().__init__(f"{source}: {report.summary()}\n{shown}{more}\n"
-                         "Fix these samples, or pass on_error='skip' to leave them out (they are counted and listed).")
+                         f"Fix these samples, or {skip_hint} to leave them out (they are counted and listed).")
 
 # %% ../nbs/00_data.ipynb #5e8528f5
 def _strip_none(item: dict) -> dict: return {k: v for k, v in item.items() if v is not None}
