@@ -70,6 +70,15 @@ def config(base: Path, folder: Path, **kw) -> dict:
             "output_dir": str(folder / "run"), **kw}
 
 
+def launch(folder: Path, cfg: dict, **env) -> subprocess.Popen:
+    "`vlmnb train` on `cfg` in its own process, through the launcher (slowed, recording its step), output captured."
+    (folder / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "launch.py").write_text(LAUNCHER)
+    env = {"VLMNB_TEST_STEP_SLEEP": "0.2", "VLMNB_TEST_STEP_FILE": str(folder / "step"), **env}
+    return subprocess.Popen([sys.executable, str(folder / "launch.py"), "train", str(folder / "cfg.yaml")],
+                            env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def adapter(folder: Path) -> dict:
     return load_file(folder / "adapter_model.safetensors")
 
@@ -132,11 +141,7 @@ def test_a_resume_must_keep_the_settings_that_shape_the_run(tmp_path, base):
 
 
 def test_two_runs_into_one_folder_at_once(tmp_path, base):
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config(base, tmp_path, max_steps=400, save_steps=None)))
-    (tmp_path / "launch.py").write_text(LAUNCHER)
-    first = subprocess.Popen([sys.executable, str(tmp_path / "launch.py"), "train", str(tmp_path / "cfg.yaml")],
-                             env={**ENV, "VLMNB_TEST_STEP_SLEEP": "0.2", "VLMNB_TEST_STEP_FILE": str(tmp_path / "step")},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = launch(tmp_path, config(base, tmp_path, max_steps=400, save_steps=None))
     try:
         t0 = time.time()
         while not (tmp_path / "step").exists():
@@ -241,14 +246,11 @@ def test_checkpoints_by_time_and_a_resume_that_finds_nothing(tmp_path, base, cap
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, base):
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config(base, tmp_path, max_steps=50, save_steps=None)))
-    (tmp_path / "launch.py").write_text(LAUNCHER)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "launch.py"), "train", str(tmp_path / "cfg.yaml")],
-                            env={**ENV, "VLMNB_TEST_STEP_SLEEP": "0.2", "VLMNB_TEST_STEP_FILE": str(tmp_path / "step")},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = launch(tmp_path, config(base, tmp_path, max_steps=50, save_steps=None))
     t0 = time.time()
     while not ((tmp_path / "step").exists() and int((tmp_path / "step").read_text() or 0) >= 3):
-        assert proc.poll() is None and time.time() - t0 < 240; time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 240; time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-3000:]
