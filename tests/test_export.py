@@ -1,6 +1,7 @@
 """Export for every zoo architecture: a short run, then the merged model proven against the adapter, reloaded in a
-fresh process both ways, with a complete file set; QLoRA runs merge into a full-precision base; Mllama's gates survive."""
-import json
+fresh process both ways, with a complete file set; QLoRA runs merge into a full-precision base; Mllama's gates survive;
+the model card's code runs as written, in a fresh process elsewhere."""
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,27 @@ def test_mismatch_is_an_error_and_saves_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "bf16").exists()
     report = export(run, tmp_path / "bf16", merge_adapter=True, dtype="bfloat16", n_samples=2, allow_mismatch=True, check_reload=False)
     assert not report.ok and json.loads((tmp_path / "bf16" / "parity.json").read_text())["samples"] == 2
+
+
+def python_block(card: str) -> str:
+    "The code of a model card's first python block."
+    assert "```python\n" in card, card
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("model_type", ["smolvlm", "mllama"])
+def test_model_card_code_runs_in_a_fresh_process(model_type, tmp_path):
+    "The card of the run, of its adapter export and of its merged export each load the model and answer, offline, from elsewhere."
+    run = short_run(tmp_path, model_type, **({"lora": {"cross_attention": True, "projector": True}} if model_type == "mllama" else {}))
+    export(run, tmp_path / "adapter")
+    export(run, tmp_path / "merged", merge_adapter=True, n_samples=2, check_reload=False)
+    elsewhere = tmp_path / "elsewhere"; elsewhere.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for folder in (run, tmp_path / "adapter", tmp_path / "merged"):
+        code = python_block((folder / "README.md").read_text())
+        assert "tiny:" not in code and f'"{folder.resolve()}"' in code
+        if folder.name != "merged": assert f'from_pretrained("{(run / "base_model").resolve()}")' in code  # the base it trained on
+        assert ("load_file(" in code) == (model_type == "mllama" and folder.name != "merged")  # Mllama's gates
+        out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"{folder.name}'s card: {out.stderr[-3000:]}"
+        assert out.stdout.strip(), f"{folder.name}'s card printed no answer: {out.stdout!r}"

@@ -18,3 +18,18 @@ def test_readme_quick_start_runs(tmp_path):
     assert "missing_file" in run.stdout
     before, after = map(float, run.stdout.strip().splitlines()[-1].split(" -> "))
     assert before <= 1 / 6 and after >= 0.95
+
+
+def test_readme_and_landing_page_list_every_notebook_and_command():
+    import json
+    from vlmnb.cli import parser
+    text = README.read_text()
+    index = "".join("".join(c["source"]) for c in json.loads((README.parent / "nbs" / "index.ipynb").read_text())["cells"])
+    for nb in sorted((README.parent / "nbs").glob("[0-9]*.ipynb")):
+        assert f"| `{nb.stem}` |" in text, f"README's notebook table lacks {nb.stem}"
+        assert f"| `{nb.stem}` |" in index, f"index.ipynb's notebook table lacks {nb.stem}"
+    sub = next(a for a in parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for cmd in ([f"{name} {n}" for n in inner[0].choices] if inner else [name]):
+            assert f"`vlmnb {cmd}" in text, f"README's command table lacks `vlmnb {cmd}`"

@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .collate import _bos_kw, render, vision_token_ids
+from .collate import bos_kwargs, render, vision_token_ids
+from .compat import attn_implementation, mllama_cross_attention_layers
+from .data import png_bytes
 from .eval import generate_answers, prompt_of, reference_of
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['image_token_layout', 'AttentionMaps', 'attention_maps', 'overlay', 'compare_attention', 'shape_attention_ratio',
-           'inspect_attention']
+__all__ = ['image_token_layout', 'AttentionMaps', 'attention_maps', 'overlay', 'panel_title', 'attention_panels',
+           'compare_attention', 'shape_attention_ratio', 'inspect_attention']
 
 # %% ../nbs/05b_attention.ipynb #5d91ddc9
 def _base(model):
@@ -43,7 +45,7 @@ def _encode(processor, arch: Arch, sample: dict, answer: str):
         suffix = np.flatnonzero(batch["token_type_ids"][0].numpy() == 1)
         return batch, int(suffix[0]), int(suffix[-1])
     prompt, cont = _continuation(processor, arch, sample, answer)
-    kw = _bos_kw(processor, [prompt])
+    kw = bos_kwargs(processor, [prompt])
     batch = processor(text=[prompt + cont], images=images, return_tensors="pt", **kw)
     start = len(processor(text=[prompt], images=images, return_tensors="pt", **kw)["input_ids"][0])
     return batch, start, batch["input_ids"].shape[1]
@@ -51,7 +53,7 @@ def _encode(processor, arch: Arch, sample: dict, answer: str):
 @torch.no_grad()
 def _attentions(model, batch) -> tuple:
     base = _base(model)
-    before = base.config._attn_implementation
+    before = attn_implementation(base)
     base.set_attn_implementation("eager")
     try:
         model.eval()
@@ -126,7 +128,7 @@ def attention_maps(model, processor, sample: dict, answer: str | None = None, ma
     queries = np.arange(start - 1, end - 1)  # each answer token's attention is read where it is predicted
     grid_pos, shape = image_token_layout(model, processor, batch)
     if arch.model_type == "mllama":
-        layers = [i for i, a in enumerate(attns) if a is not None and a.shape[-1] != a.shape[-2]]
+        layers = mllama_cross_attention_layers(attns, _base(model).config)
         all_image = None
     else:
         layers = list(range(len(attns)))
@@ -140,7 +142,12 @@ def attention_maps(model, processor, sample: dict, answer: str | None = None, ma
     return AttentionMaps(np.stack(weights), np.stack(mass), shape, tokens, sample["images"][0], layers)
 
 # %% ../nbs/05b_attention.ipynb #58db1084
-def overlay(image: Image.Image, grid: np.ndarray, alpha: float = 0.55, size: int = 192) -> Image.Image:
+def overlay(
+    image: Image.Image,
+    grid: np.ndarray,     # (rows, cols) attention over the image's patches
+    alpha: float = 0.55,  # weight of the heat map: just over half, so the shape under it still shows
+    size: int = 192,      # width in pixels, as the sample inspector draws images
+) -> Image.Image:
     "The image with `grid` laid over it as a heat map."
     import matplotlib
     img = image.convert("RGB").resize((size, round(size * image.height / image.width)))
@@ -149,16 +156,34 @@ def overlay(image: Image.Image, grid: np.ndarray, alpha: float = 0.55, size: int
     heat = Image.fromarray(heat).resize(img.size, Image.Resampling.NEAREST)
     return Image.blend(img, heat, alpha)
 
-def compare_attention(models: dict, processor, sample: dict, answer: str | None = None, token: int = 0):
-    "A figure: the image, then each model's mean attention for `answer`'s token `token`, overlaid."
-    import matplotlib.pyplot as plt
-    answer = answer if answer is not None else reference_of(sample["messages"])
-    fig, axes = plt.subplots(1, len(models) + 1, figsize=(2.6 * (len(models) + 1), 2.8))
-    axes[0].imshow(sample["images"][0]); axes[0].set_title("image", fontsize=9)
-    for ax, (name, model) in zip(axes[1:], models.items()):
+# %% ../nbs/05b_attention.ipynb #a5b0c001
+def panel_title(name: str, answered: str, reference: str, token: str, image_mass: float, width: int = 24) -> str:
+    "A panel's title: what the model answered, the reference apart from it, and whose attention is drawn."
+    cut = lambda s: s if len(s) <= width else s[:width - 1] + "…"
+    return f"{name} answered '{cut(answered)}'\n(reference '{cut(reference)}')\nattention at '{cut(token)}': {image_mass:.0%} on the image"
+
+def attention_panels(models: dict, processor, sample: dict, answer: str | None = None, token: int = 0,
+                     max_new_tokens: int = 8) -> list[dict]:
+    "Per model: its own greedy answer, the reference, and its mean attention for token `token` of `answer` (default: the reference)."
+    reference = reference_of(sample["messages"])
+    answer = answer if answer is not None else reference
+    panels = []
+    for name, model in models.items():
+        answered = generate_answers(model, processor, [sample], max_new_tokens)[0]
         maps = attention_maps(model, processor, sample, answer)
-        ax.imshow(overlay(maps.image, maps.grid(token)))
-        ax.set_title(f"{name}: '{maps.tokens[token].strip()}'\nimage mass {maps.image_mass(token):.0%}", fontsize=9)
+        tok, mass = maps.tokens[token].strip(), maps.image_mass(token)
+        panels.append({"name": name, "answered": answered, "reference": reference, "token": tok, "image_mass": mass,
+                       "grid": maps.grid(token), "image": maps.image, "title": panel_title(name, answered, reference, tok, mass)})
+    return panels
+
+def compare_attention(models: dict, processor, sample: dict, answer: str | None = None, token: int = 0):
+    "A figure: the image, then each model's mean attention for `answer`'s token `token` (default: the reference's), titled with its own answer."
+    import matplotlib.pyplot as plt
+    panels = attention_panels(models, processor, sample, answer, token)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.8 * (len(panels) + 1), 3.2))
+    axes[0].imshow(sample["images"][0]); axes[0].set_title("image", fontsize=9)
+    for ax, p in zip(axes[1:], panels):
+        ax.imshow(overlay(p["image"], p["grid"])); ax.set_title(p["title"], fontsize=8)
     for ax in axes: ax.axis("off")
     fig.tight_layout()
     return fig
@@ -178,10 +203,6 @@ def shape_attention_ratio(maps: AttentionMaps, box: list[int], token: int = 0, l
     return float((maps.grid(token, layer) * cover).sum() / area)
 
 # %% ../nbs/05b_attention.ipynb #30e20b95
-def _png(img: Image.Image) -> bytes:
-    import io
-    buf = io.BytesIO(); img.save(buf, format="PNG"); return buf.getvalue()
-
 def inspect_attention(model, processor, sample: dict, answer: str | None = None):
     "An ipywidgets view: answer token, layer, head -> the attention overlay and how much of it goes to the image."
     import ipywidgets as W
@@ -192,7 +213,7 @@ def inspect_attention(model, processor, sample: dict, answer: str | None = None)
     picture, info = W.Image(format="png"), W.HTML()
     def show(*_):
         g = maps.grid(token.value, layer.value, head.value)
-        picture.value = _png(overlay(maps.image, g))
+        picture.value = png_bytes(overlay(maps.image, g))
         info.value = f"<b>{maps.image_mass(token.value, layer.value, head.value):.1%}</b> of this token's attention goes to the image; grid {maps.shape[0]}x{maps.shape[1]}"
     for w in (token, layer, head): w.observe(show, "value")
     show()

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/collate.html.md"""
 
 # %% ../nbs/02_collate.ipynb #206789f9
 from __future__ import annotations
-import html, io, itertools, math
+import base64, html, itertools, math
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from typing import Literal
@@ -17,15 +17,17 @@ import torch
 from fastcore.basics import patch
 from PIL import Image, ImageDraw
 
+from .compat import REPLACEMENT_OFFSETS, text_replacement_offsets
+from .data import png_bytes
 from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['ROLE_COLOURS', 'CollateError', 'render', 'special_strings', 'answer_spans', 'assistant_spans', 'span_mask', 'encode',
-           'vision_token_ids', 'make_labels', 'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator',
-           'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport',
-           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
-           'view_sample', 'inspect_samples']
+__all__ = ['ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'answer_spans', 'assistant_spans',
+           'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts',
+           'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator', 'loss_runs', 'token_table',
+           'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit',
+           'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView', 'view_sample', 'inspect_samples']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -47,8 +49,12 @@ def _text_pieces(message: dict) -> list[str]:
     return [c] if isinstance(c, str) else [it["text"] for it in c if it.get("type") == "text"]
 
 # %% ../nbs/02_collate.ipynb #df67cb80
-def _end_of_turn(text: str, pos: int, specials: list[str]) -> int:
-    "The end of the special token that starts at `pos`, if one does (longest match), else `pos`."
+def end_of_turn_at(
+    text: str,            # a rendered conversation
+    pos: int,             # where an answer ends in it
+    specials: list[str],  # the tokenizer's special tokens (`special_strings`)
+) -> int:
+    "Where the special token that starts at `pos` ends (the longest that matches), or `pos` when none starts there."
     return pos + max((len(s) for s in specials if text.startswith(s, pos)), default=0)
 
 def special_strings(tokenizer) -> list[str]:
@@ -81,13 +87,13 @@ def assistant_spans(processor, messages: list[dict], index: int = 0) -> list[tup
     "Character spans of each assistant answer and the end-of-turn token the template writes right after it."
     text, spans = answer_spans(processor, messages, index)
     specials = special_strings(processor.tokenizer)
-    return [(a, _end_of_turn(text, b, specials)) for a, b in spans]
+    return [(a, end_of_turn_at(text, b, specials)) for a, b in spans]
 
 # %% ../nbs/02_collate.ipynb #583c2a00
 def _shift(spans, replacements) -> list[tuple[int, int]]:
-    "Move character spans of the rendered text to the expanded text."
-    ends = [r["span"][1] for r in replacements]
-    gained = np.cumsum([0] + [(r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]) for r in replacements])
+    "Move character spans of the rendered text to the expanded text, given the (span, new span) of each replacement."
+    ends = [old[1] for old, _ in replacements]
+    gained = np.cumsum([0] + [(new[1] - new[0]) - (old[1] - old[0]) for old, new in replacements])
     return [tuple(int(c + gained[np.searchsorted(ends, c, side="right")]) for c in span) for span in spans]
 
 def span_mask(offsets, spans) -> np.ndarray:
@@ -98,8 +104,8 @@ def span_mask(offsets, spans) -> np.ndarray:
     return mask
 
 # %% ../nbs/02_collate.ipynb #39d911b8
-def _bos_kw(processor, texts) -> dict:
-    "Don't let the tokenizer add a bos the template already wrote (transformers does the same in apply_chat_template)."
+def bos_kwargs(processor, texts: list[str]) -> dict:
+    "Processor keywords that keep the tokenizer from adding a bos the chat template already wrote (as `apply_chat_template` does)."
     bos = processor.tokenizer.bos_token
     return {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
 
@@ -107,14 +113,14 @@ def encode(processor, texts: list[str], images: list[list], spans_of_rows: list[
     "Processor outputs for a batch, and per row a boolean mask for each list of character spans given."
     indices = indices if indices is not None else list(range(len(texts)))
     images = images if any(len(i) for i in images) else None
-    out = processor(text=texts, images=images, padding=True, return_offsets_mapping=True,
-                    return_text_replacement_offsets=True, return_tensors="pt", **_bos_kw(processor, texts), **kw)
+    out = processor(text=texts, images=images, padding=True, return_offsets_mapping=True, return_tensors="pt",
+                    **REPLACEMENT_OFFSETS, **bos_kwargs(processor, texts), **kw)
     offsets = out.pop("offset_mapping", None)
-    replacements = out.pop("text_replacement_offsets", None) or [[] for _ in texts]
+    replacements = text_replacement_offsets(out, texts, offsets)
     masks = []
     for r, (text, spans) in enumerate(zip(texts, spans_of_rows)):
         if offsets is None:  # no expansion and no offsets: tokenize again and check it matches
-            tok = processor.tokenizer(text, return_offsets_mapping=True, **_bos_kw(processor, texts))
+            tok = processor.tokenizer(text, return_offsets_mapping=True, **bos_kwargs(processor, texts))
             n = len(tok["input_ids"])
             if out["input_ids"][r, :n].tolist() != tok["input_ids"]:
                 raise CollateError(f"sample {indices[r]}: the processor's tokens differ from its tokenizer's, so the "
@@ -137,8 +143,8 @@ def make_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     return input_ids.masked_fill(~keep, -100)
 
 # %% ../nbs/02_collate.ipynb #17c97b32
-def _paligemma_parts(messages) -> tuple[str, str]:
-    "(prefix, suffix) for PaliGemma: `<image>` per image and the text before the last answer, then that answer."
+def paligemma_parts(messages: list[dict]) -> tuple[str, str]:
+    "PaliGemma's (prefix, suffix) of a conversation: an `<image>` per image and the text before the last answer, then that answer."
     last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
     prefix = []
     for m in messages[:last]:
@@ -160,7 +166,7 @@ def template_end_of_turn(processor) -> str | None:
         try: text, spans = answer_spans(processor, probe)
         except (CollateError, ValueError, TypeError) as e: why = str(e); continue  # e.g. no chat template at all
         specials = special_strings(processor.tokenizer)
-        ends = {text[b:_end_of_turn(text, b, specials)] for _, b in spans}
+        ends = {text[b:end_of_turn_at(text, b, specials)] for _, b in spans}
         return ends.pop() if len(ends) == 1 and "" not in ends else None
     raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
                        "it ends answers with a special token: give the processor a chat template, or set append_eos.")
@@ -186,7 +192,7 @@ def render_for_training(processor, messages: list[dict], index: int = 0, eos: st
     for p in reversed(at): text = text[:p] + eos + text[p:]
     specials, n = special_strings(processor.tokenizer), len(eos or "")
     shift = lambda c: c + n * sum(p < c for p in at)
-    answers = [(shift(a), _end_of_turn(text, shift(b), specials)) for a, b in spans]
+    answers = [(shift(a), end_of_turn_at(text, shift(b), specials)) for a, b in spans]
     return Rendered(text, answers, [(shift(p), shift(p) + n) for p in at], at)
 
 # %% ../nbs/02_collate.ipynb #70bd383c
@@ -235,7 +241,7 @@ def _turn_spans(processor, messages, rendered: Rendered, index: int = 0) -> list
     "Character span of each turn in the rendered text (the template's text around a turn belongs to it, a leading bos does not)."
     ends = [len(render(processor, messages[:k + 1], index=index)) for k in range(len(messages))]
     text = render(processor, messages[:1], index=index)
-    start = _end_of_turn(text, 0, special_strings(processor.tokenizer)) if text.startswith(processor.tokenizer.bos_token or "\0") else 0
+    start = end_of_turn_at(text, 0, special_strings(processor.tokenizer)) if text.startswith(processor.tokenizer.bos_token or "\0") else 0
     return [(rendered.moved(a), rendered.moved(b)) for a, b in zip([start] + ends[:-1], ends)]
 
 # %% ../nbs/02_collate.ipynb #f0b78303
@@ -262,7 +268,7 @@ def __call__(self: VLMCollator, samples: list[dict]) -> dict:
 # %% ../nbs/02_collate.ipynb #d5c92bf5
 @patch
 def _paligemma(self: VLMCollator, samples: list[dict]) -> dict:
-    parts = [_paligemma_parts(s["messages"]) for s in samples]
+    parts = [paligemma_parts(s["messages"]) for s in samples]
     images, idx = _images_and_indices(samples)
     out = self.processor(text=[p for p, _ in parts], images=images, suffix=[s for _, s in parts], padding=True,
                          padding_side="right", return_tensors="pt")
@@ -390,9 +396,9 @@ def _fitting_cap(collator, row: BudgetRow, room: int) -> int | None:
     "The largest `max_pixels` (in steps of 10%) at which the sample's images fit in `room` tokens, as the processor counts."
     from vlmnb.data import ImagePolicy, normalise_image
     w, h = row.size
-    for k in range(1, 40):
+    for k in range(1, 40):  # 0.9 ** 39 keeps under 2% of the pixels: past that, no cap helps
         cap = int(w * h * 0.9 ** k)
-        if cap < 16 * 16: return None
+        if cap < ImagePolicy().min_side ** 2: return None  # the smallest image the data checks accept
         size = normalise_image(Image.new("RGB", (w, h)), ImagePolicy(max_pixels=cap)).size
         if row.n_images * image_token_cost(collator, size) <= room: return cap
     return None
@@ -497,7 +503,11 @@ def patch_grid(batch: dict, arch: Arch, table: list[dict], image_token_id: int, 
     side = math.isqrt(run)
     return (side, side) if run and side * side == run else None
 
-def draw_grid(image: Image.Image, grid: tuple[int, int] | None, width: int = 192) -> Image.Image:
+def draw_grid(
+    image: Image.Image,
+    grid: tuple[int, int] | None,  # (rows, columns) of patches, or None for no grid
+    width: int = 192,              # pixels: small enough to sit beside the token view in a notebook
+) -> Image.Image:
     "`image` scaled to `width` with the patch grid drawn over it."
     img = image.convert("RGB").resize((width, max(1, round(width * image.height / image.width))))
     if grid:
@@ -530,10 +540,6 @@ def tokens_html(table: list[dict]) -> str:
     return "".join(out)
 
 # %% ../nbs/02_collate.ipynb #67f8782f
-def _png_b64(img: Image.Image) -> str:
-    import base64
-    buf = io.BytesIO(); img.save(buf, format="PNG"); return base64.b64encode(buf.getvalue()).decode()
-
 @dataclass
 class SampleView:
     "Everything the inspector shows for one sample."
@@ -554,7 +560,7 @@ class SampleView:
         t = self.totals
         over = self.max_length is not None and t["tokens"] > self.max_length
         legend = " ".join(f'<span style="background:{c};padding:0 4px;font-family:monospace">{r}</span>' for r, c in ROLE_COLOURS.items() if r != "pad")
-        imgs = "".join(f'<img class="vlmnb-sample-image" src="data:image/png;base64,{_png_b64(draw_grid(im, self.grid))}" style="margin:2px">' for im in self.images)
+        imgs = "".join(f'<img class="vlmnb-sample-image" src="data:image/png;base64,{base64.b64encode(png_bytes(draw_grid(im, self.grid))).decode()}" style="margin:2px">' for im in self.images)
         head = (f'<b>sample {self.index}</b>: {t["tokens"]} tokens ({t["text"]} text, {t["image"]} image), {t["loss"]} with loss'
                 + (f' <b style="color:crimson">over max_length={self.max_length}</b>' if over else "")
                 + (f'<div class="vlmnb-stop-note" style="color:#15803d">{html.escape(self.stop_note)} (dashed outline)</div>' if self.stop_note else ""))

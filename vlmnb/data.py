@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 # %% auto #0
 __all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'MAX_IMAGE_BYTES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS',
            'MAX_REDIRECTS', 'Resize', 'Resample', 'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'COLOURS', 'SHAPES',
-           'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'image_ref', 'canonical_sample',
-           'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image', 'normalise_image',
-           'check_image', 'check_sample', 'DataReport', 'parse_split', 'split_rows', 'from_image_folder', 'is_hub_id',
-           'HubUnavailable', 'read_hub', 'read_records', 'DataError', 'decode_transform', 'canonical_dataset',
-           'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes', 'text_images', 'load_data',
-           'show_samples']
+           'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'png_bytes', 'image_ref',
+           'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image',
+           'normalise_image', 'check_image', 'check_sample', 'DataReport', 'parse_split', 'split_rows',
+           'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub', 'read_records', 'DataError',
+           'decode_transform', 'canonical_dataset', 'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes',
+           'text_images', 'load_data', 'show_samples']
 
 # %% ../nbs/00_data.ipynb #518a92fb
 ROLES = ("system", "user", "assistant")
@@ -90,6 +90,11 @@ def _resolve_path(p: str, root: Path | None, index: int, where: str, allow_outsi
     return str(full)
 
 # %% ../nbs/00_data.ipynb #7ab83e2c
+def png_bytes(image: Image.Image) -> bytes:
+    "`image` encoded as PNG: the one encoder of vlmnb (stored images, the sample inspector, error browser and attention widget)."
+    buf = io.BytesIO(); image.save(buf, format="PNG")
+    return buf.getvalue()
+
 def _from_string(s: str, root, index, where, allow_outside_root, max_bytes) -> dict:
     if s.startswith("data:"): return {"bytes": _decode_base64(s, index, where, max_bytes), "path": None}
     scheme = urllib.parse.urlsplit(s).scheme.lower()
@@ -113,9 +118,7 @@ def image_ref(
 ) -> dict:
     "Turn any supported image reference into datasets' `{'bytes', 'path'}` pair, without decoding pixels."
     again = lambda x: image_ref(x, root, index, where, allow_outside_root, max_bytes)
-    if isinstance(item, Image.Image):
-        buf = io.BytesIO(); item.save(buf, format="PNG")
-        return {"bytes": buf.getvalue(), "path": None}
+    if isinstance(item, Image.Image): return {"bytes": png_bytes(item), "path": None}
     if isinstance(item, (bytes, bytearray)): return {"bytes": _inline_bytes(item, index, where, max_bytes), "path": None}
     if isinstance(item, (str, Path)): return _from_string(str(item), root, index, where, allow_outside_root, max_bytes)
     if isinstance(item, dict):
@@ -934,8 +937,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, fill) -> None
 def _canvas(rng: random.Random, size: int) -> Image.Image:
     return Image.new("RGB", (size, size), tuple(rng.randint(225, 250) for _ in range(3)))
 
-def _png(img: Image.Image) -> dict:
-    buf = io.BytesIO(); img.save(buf, format="PNG"); return {"bytes": buf.getvalue(), "path": None}
+def _png(img: Image.Image) -> dict: return {"bytes": png_bytes(img), "path": None}
 
 def _qa_row(i, question, answer, img, boxes) -> dict:
     return {"messages": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]},

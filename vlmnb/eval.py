@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .collate import CollateError, _bos_kw, _paligemma_parts, render, template_end_of_turn
+from .collate import CollateError, bos_kwargs, paligemma_parts, render, template_end_of_turn
+from .data import png_bytes
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
@@ -35,7 +36,7 @@ def end_of_turn_ids(processor) -> list[int]:
 def prompt_of(processor, arch: Arch, messages: list[dict]) -> str:
     "The text a model continues to answer the last assistant turn of `messages`."
     last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    if arch.model_type == "paligemma": return _paligemma_parts(messages[:last] + [{"role": "assistant", "content": "x"}])[0]
+    if arch.model_type == "paligemma": return paligemma_parts(messages[:last] + [{"role": "assistant", "content": "x"}])[0]
     return render(processor, messages[:last], generation_prompt=True)
 
 def reference_of(messages: list[dict]) -> str:
@@ -55,7 +56,7 @@ def generate_answers(model, processor, samples: list[dict], max_new_tokens: int 
         texts = [prompt_of(processor, arch, s["messages"]) for s in chunk]
         images = [list(s.get("images") or []) for s in chunk]
         batch = processor(text=texts, images=images if any(images) else None, padding=True, padding_side="left",
-                          return_tensors="pt", **_bos_kw(processor, texts))
+                          return_tensors="pt", **bos_kwargs(processor, texts))
         batch = batch.to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                              pad_token_id=processor.tokenizer.pad_token_id)
@@ -277,11 +278,11 @@ def select_rows(c: Comparison, which: str = "all") -> list[dict]:
     return [r for r in c.rows if keep[which](r)]
 
 def _row_html(r: dict) -> str:
-    import base64, html, io
+    import base64, html
     img = ""
     if r["image"] is not None:
-        buf = io.BytesIO(); r["image"].resize((128, round(128 * r["image"].height / r["image"].width))).save(buf, format="PNG")
-        img = f'<img class="vlmnb-error-image" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+        thumb = r["image"].resize((128, round(128 * r["image"].height / r["image"].width)))  # 128 px wide: a thumbnail beside the text
+        img = f'<img class="vlmnb-error-image" src="data:image/png;base64,{base64.b64encode(png_bytes(thumb)).decode()}">'
     e = html.escape
     return (f'<div class="vlmnb-error" style="display:flex;gap:12px">{img}<table>'
             f'<tr><th>sample</th><td>{r["index"]}</td></tr><tr><th>question</th><td>{e(r["question"])}</td></tr>'

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/load.html.md"""
 
 # %% ../nbs/01_load.ipynb #abaf179a
 from __future__ import annotations
-import importlib, importlib.resources, importlib.util, json, logging, os, random, re
+import importlib, importlib.resources, importlib.util, json, os, random, re
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,13 +17,15 @@ import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig, PreTrainedTokenizerFast
 from transformers.processing_utils import ProcessorMixin
 
+from .compat import disable_cpu_repack, linear_4bit_layers, unpack_cpu_4bit
+
 # %% auto #0
-__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'PRESETS', 'Arch',
-           'registry_table', 'SmolVLMImageOnlyProcessor', 'Qwen2VLImageOnlyProcessor', 'Qwen2_5_VLImageOnlyProcessor',
-           'Qwen3VLImageOnlyProcessor', 'has_torchvision', 'special_tokens', 'tiny_corpus', 'train_tiny_tokenizer',
-           'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of', 'load_processor',
-           'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds', 'ModelSummary',
-           'component_of', 'model_summary', 'smoke_test', 'preset_model']
+__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'DTYPES', 'PRESETS',
+           'Arch', 'registry_table', 'SmolVLMImageOnlyProcessor', 'Qwen2VLImageOnlyProcessor',
+           'Qwen2_5_VLImageOnlyProcessor', 'Qwen3VLImageOnlyProcessor', 'has_torchvision', 'special_tokens',
+           'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of',
+           'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds',
+           'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
 
 # %% ../nbs/01_load.ipynb #0878d563
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 # %% ../nbs/01_load.ipynb #a5b8b31a
 class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
     "SmolVLM's processor without the video processor (which needs torchvision)."
-    def __init__(self, image_processor, tokenizer, image_seq_len: int = 169, chat_template=None, **kwargs):
+    def __init__(self, image_processor, tokenizer, image_seq_len: int = 169,  # SmolVLMProcessor's own default
+                 chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, image_seq_len=image_seq_len, chat_template=chat_template, **kwargs)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
@@ -464,8 +467,6 @@ def load_processor(name_or_path: str, arch: Arch | None = None, trust_remote_cod
 def quantization_config(arch: Arch, quantization: Literal["4bit", "8bit"], dtype: torch.dtype = torch.float32):
     "A `BitsAndBytesConfig` that quantizes the language model only."
     from transformers import BitsAndBytesConfig
-    # bitsandbytes warns at import that an optional CPU kernel package is missing; vlmnb does not use it
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     skip = [arch.vision_tower, arch.projector, arch.lm_head]
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -476,24 +477,20 @@ def quantization_config(arch: Arch, quantization: Literal["4bit", "8bit"], dtype
 # %% ../nbs/01_load.ipynb #4d05f230
 def keep_cpu_4bit_trainable(model) -> int:
     "Turn off (and undo) bitsandbytes' CPU repacking of 4-bit weights; the number of layers touched."
-    n = 0
-    for m in model.modules():
-        if not hasattr(m, "support_avx512bf16_for_cpu"): continue
-        m.support_avx512bf16_for_cpu = False; n += 1
-        w = m.weight
-        if getattr(getattr(w, "quant_state", None), "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-            w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
-    return n
+    layers = linear_4bit_layers(model)
+    for m in layers:
+        disable_cpu_repack(m)
+        unpack_cpu_4bit(m.weight)
+    return len(layers)
 
 # %% ../nbs/01_load.ipynb #b84bef14
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # the dtype names vlmnb accepts, here and in export
 
 def _dtype(dtype) -> torch.dtype | str:
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype): return dtype or torch.float32
-    if dtype in _DTYPES: return _DTYPES[dtype]
-    raise LoadError(f"dtype={dtype!r}; use one of {', '.join(_DTYPES)}, 'auto' or a torch.dtype.")
+    if dtype in DTYPES: return DTYPES[dtype]
+    raise LoadError(f"dtype={dtype!r}; use one of {', '.join(DTYPES)}, 'auto' or a torch.dtype.")
 
 def load_model(
     name_or_path: str | Path,          # Hub id or local folder made by save_pretrained
@@ -596,7 +593,7 @@ def smoke_test(model_type: str, image: Image.Image | None = None) -> dict:
             "grad": all(p.grad is not None for p in model.get_submodule(ARCHS[model_type].language_model).parameters())}
 
 # %% ../nbs/01_load.ipynb #e80238f2
-PRESETS = {
+PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.json, processor geometry)
     "smolvlm-256m": ("smolvlm", dict(
         text_config=dict(initializer_range=0.02, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49280, max_position_embeddings=8192,
@@ -631,11 +628,11 @@ def _merge(config, overrides: dict):
 def _preset_processor(processor, model_type: str, proc_kw: dict):
     if model_type == "smolvlm":
         s = proc_kw["image_size"]
-        processor.image_processor.size, processor.image_processor.max_image_size = {"longest_edge": 4 * s}, {"longest_edge": s}
+        processor.image_processor.size, processor.image_processor.max_image_size = {"longest_edge": 4 * s}, {"longest_edge": s}  # up to 4x4 crops
         processor.image_processor.do_image_splitting, processor.image_seq_len = True, proc_kw["image_seq_len"]
     if model_type == "qwen2_vl":
         ip = processor.image_processor
-        ip.patch_size, ip.size = proc_kw["patch_size"], {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+        ip.patch_size, ip.size = proc_kw["patch_size"], {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # Qwen2-VL's min/max_pixels
     return processor
 
 # %% ../nbs/01_load.ipynb #abd3b6c4

@@ -369,6 +369,7 @@ from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, Bud
 from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from . import compat
 
 def base_model_path(c: TrainConfig) -> str:
     "Where the base model is: the config's, or a tiny one built into the output folder (by the main process)."
@@ -390,7 +391,7 @@ def lora_spec(c: TrainConfig) -> LoraSpec:
 # %% ../nbs/04_train.ipynb #3c26fbae
 def cpu_bf16() -> bool:
     "Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX)."
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return compat.cpu_has_bf16()  # torch's private CPU probes, kept in vlmnb.compat
 
 def auto_precision(text_config, quantization: str | None = None) -> tuple[str, str]:
     "The precision `auto` picks for a model's text config on this machine, and why: `(precision, reason)`."
@@ -979,7 +980,7 @@ def save_now(trainer, ckpt: CompleteCheckpoints) -> str:
     step, folder = trainer.state.global_step, Path(trainer.args.output_dir)/f"checkpoint-{trainer.state.global_step}"
     if step == 0: return "No step had finished, so there is no checkpoint to resume from."
     if not (folder/COMPLETE).exists():
-        trainer._save_checkpoint(trainer.model, trial=None)  # model, optimizer, scheduler, RNG and trainer state (transformers 5.23)
+        compat.save_trainer_checkpoint(trainer)  # the Trainer's own writer: model, optimizer, scheduler, RNG and trainer state
         ckpt.on_save(trainer.args, trainer.state, trainer.control, model=trainer.model)
     return f"A checkpoint of step {step} is complete: {folder}."
 
