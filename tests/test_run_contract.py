@@ -302,8 +302,10 @@ def test_a_sample_longer_than_the_context_is_refused_by_index(tmp_path, base):
     data = write_data(tmp_path, n=6, long_text=3000)
     with pytest.raises(ConfigError, match="sample 2 \\[over_context\\]: 3,0\\d\\d tokens, over the model's context of 2,048 positions"):
         preflight(make_config(config(base, tmp_path, data=data)))
-    with pytest.raises(ConfigError, match="max_length=4096 is over the model's context of 2,048 positions"):
+    with pytest.raises(ConfigError, match="sample 2 \\[over_context\\]"):  # a cap above the context cuts nothing below it
         preflight(make_config(config(base, tmp_path, data=data, max_length=4096)))
+    pf = preflight(make_config(config(base, tmp_path, data=data, max_length=4096, on_bad_data="skip")))
+    assert len(pf.train) == 5 and any("max_length=4096 is over the model's context of 2,048" in n for n in pf.notes)
     pf = preflight(make_config(config(base, tmp_path, data=data, max_length=2048, truncation="drop")))
     assert len(pf.train) == 5 and [(r["index"], r["kind"]) for r in pf.skipped] == [(2, "too_long")]
 

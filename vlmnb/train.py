@@ -26,8 +26,8 @@ __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEE
            'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
            'RunSettings', 'run_settings', 'Preflight', 'resolve_attention', 'per_epoch', 'check_optimizer',
            'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate', 'disk_need',
-           'check_output_dir', 'context_length', 'over_context', 'drop_over_context', 'skipped_rows', 'warmup_steps',
-           'training_args', 'preflight', 'demo_config', 'history_rows', 'LossHistory', 'plot_history',
+           'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context', 'skipped_rows',
+           'warmup_steps', 'training_args', 'preflight', 'demo_config', 'history_rows', 'LossHistory', 'plot_history',
            'checkpoint_files', 'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage',
            'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes',
            'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now',
@@ -595,12 +595,15 @@ def context_length(config) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 def over_context(c: TrainConfig, budget: BudgetReport, context: int | None) -> list[BudgetRow]:
-    "The samples longer than the model's context that no `max_length` cuts (a `ConfigError` when `max_length` itself is longer)."
+    "The samples still longer than the model's context once `max_length` (if any) has cut them."
     if context is None: return []
-    if c.max_length and c.max_length > context:
-        raise ConfigError(f"max_length={c.max_length} is over the model's context of {context:,} positions "
-                          f"(max_position_embeddings): set max_length to {context} or less.")
-    return [] if c.max_length else [r for r in budget.rows if r.total > context]
+    return [r for r in budget.rows if min(r.total, c.max_length or r.total) > context]
+
+def context_note(c: TrainConfig, context: int | None) -> str:
+    "A note when `max_length` is a cap above the model's context (Axolotl's examples set 8192 for 4096-position models)."
+    if not (context and c.max_length and c.max_length > context): return ""
+    return (f"max_length={c.max_length} is over the model's context of {context:,} positions: it caps nothing below that, "
+            "and a sample longer than the context is refused (or skipped), not cut to it")
 
 def drop_over_context(c: TrainConfig, budget: BudgetReport, context: int | None, what: str = "samples") -> BudgetReport:
     "`budget` with the samples over the context moved to its problems (`skip`), or a `ConfigError` naming them (`raise`)."
@@ -672,7 +675,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     arch, context = arch_of(config), context_length(config)
     notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
-    notes += [f"data: {n}" for r in reports for n in r.notes]  # e.g. image paths accepted outside the root, as asked
+    notes += [f"data: {n}" for r in reports for n in r.notes] + [n for n in [context_note(c, context)] if n]  # e.g. image paths accepted outside the root, as asked
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
     if budget.problems and c.on_bad_data == "raise":
