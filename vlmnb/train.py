@@ -956,6 +956,8 @@ def guarded_transform(policy: ImagePolicy, on_bad_data: str, report: Path | None
     def _guarded(batch: dict) -> dict:
         n = len(next(iter(batch.values()), []))
         if n == 0: return batch
+        try: return {**decode(dict(batch)), "bad": [None] * n}  # the usual case: the whole batch decodes at once
+        except (ImageProblem, SampleError, OSError, ValueError): pass  # find the failing samples one by one
         rows, out = [{k: v[i] for k, v in batch.items()} for i in range(n)], []
         for row in rows:
             try: out.append({k: v[0] for k, v in decode({k: [v] for k, v in row.items()}).items()} | {"bad": None})
