@@ -21,8 +21,7 @@ from .compat import disable_cpu_repack, linear_4bit_layers, unpack_cpu_4bit
 
 # %% auto #0
 __all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'DTYPES', 'PRESETS',
-           'Arch', 'registry_table', 'SmolVLMImageOnlyProcessor', 'Qwen2VLImageOnlyProcessor',
-           'Qwen2_5_VLImageOnlyProcessor', 'Qwen3VLImageOnlyProcessor', 'has_torchvision', 'special_tokens',
+           'Arch', 'registry_table', 'image_only', 'has_torchvision', 'processor_class', 'special_tokens',
            'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of',
            'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds',
            'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
@@ -41,7 +40,7 @@ class Arch:
     lm_head: str = "lm_head"           # module path of the output head
     vision_tokens: tuple = ()          # other vision special tokens: begin/end of image, row/column markers, ...
     example: str = ""                  # a real checkpoint on the Hub
-    image_only_processor: str | None = None  # processor to use without torchvision (the stock one needs a video processor)
+    processor_class: str = ""        # transformers processor class of the real checkpoints (one with a video slot is built without it)
     projector_extra: tuple = ()        # more projector modules (Qwen3-VL's deepstack mergers)
     needs_torchvision: bool = False    # unusable without torchvision
     caveats: str = ""                  # what a user must know
@@ -64,13 +63,13 @@ _IDEFICS = dict(language_model="model.text_model", vision_tower="model.vision_mo
 ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("idefics3", "Idefics3", "Idefics3ForConditionalGeneration", **_IDEFICS, example="HuggingFaceM4/Idefics3-8B-Llama3"),
     Arch("smolvlm", "SmolVLM", "SmolVLMForConditionalGeneration", **_IDEFICS, example="HuggingFaceTB/SmolVLM-256M-Instruct",
-         image_only_processor="SmolVLMImageOnlyProcessor"),
+         processor_class="SmolVLMProcessor"),
     Arch("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration", **_QWEN, example="Qwen/Qwen2-VL-2B-Instruct",
-         image_only_processor="Qwen2VLImageOnlyProcessor"),
+         processor_class="Qwen2VLProcessor"),
     Arch("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", **_QWEN, example="Qwen/Qwen2.5-VL-3B-Instruct",
-         image_only_processor="Qwen2_5_VLImageOnlyProcessor"),
+         processor_class="Qwen2_5_VLProcessor"),
     Arch("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", **_QWEN, example="Qwen/Qwen3-VL-2B-Instruct",
-         image_only_processor="Qwen3VLImageOnlyProcessor", projector_extra=("model.visual.deepstack_merger_list",)),
+         processor_class="Qwen3VLProcessor", projector_extra=("model.visual.deepstack_merger_list",)),
     Arch("llava", "LLaVA", "LlavaForConditionalGeneration", **_LLAVA, image_token="<image>", example="llava-hf/llava-1.5-7b-hf"),
     Arch("llava_next", "LLaVA-NeXT", "LlavaNextForConditionalGeneration", **_LLAVA, image_token="<image>",
          example="llava-hf/llava-v1.6-mistral-7b-hf", caveats="`model.image_newline` is a trained parameter outside the projector."),
@@ -101,51 +100,51 @@ def registry_table(archs: dict[str, Arch] = ARCHS) -> str:
             "|---|---|---|---|---|---|---:|---|\n" + "\n".join(rows))
 
 # %% ../nbs/01_load.ipynb #4e8b933a
+from functools import lru_cache
 from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
-from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
-from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
-from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 # %% ../nbs/01_load.ipynb #a5b8b31a
-class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
-    "SmolVLM's processor without the video processor (which needs torchvision)."
-    def __init__(self, image_processor, tokenizer, image_seq_len: int = 169,  # SmolVLMProcessor's own default
-                 chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, image_seq_len=image_seq_len, chat_template=chat_template, **kwargs)
+class _NoVideo(ProcessorMixin):
+    "Sits between a family's processor and `ProcessorMixin`: drops the empty video slot the family's `__init__` passes on."
+    def __init__(self, *args, **kwargs):
+        family = type(self).__mro__[1]
+        kwargs.update(zip(family.get_attributes(), args))  # the family's own slots, video included
+        kwargs.pop("video_processor", None)
+        ProcessorMixin.__init__(self, **kwargs)
+
+    @classmethod
+    def get_attributes(cls): return [a for a in cls.__mro__[1].get_attributes() if a != "video_processor"]
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         "The generic template rendering (SmolVLM's own reads the video processor's frame settings)."
         return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    "Qwen2-VL's processor without the video processor."
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
-    "Qwen2.5-VL's processor without the video processor."
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
-    "Qwen3-VL's processor without the video processor."
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+@lru_cache(maxsize=None)
+def image_only(cls: type) -> type:
+    "`cls` without its video processor (which needs torchvision); `cls` itself when it has no video slot."
+    if "video_processor" not in cls.get_attributes(): return cls
+    name = cls.__name__.removesuffix("Processor") + "ImageOnlyProcessor"
+    def __init__(self, *args, **kwargs):
+        kwargs.update(zip(type(self).get_attributes(), args))
+        cls.__init__(self, **kwargs, video_processor=None)
+    new = type(name, (cls, _NoVideo), {"__init__": __init__, "__module__": __name__,
+                                        "__doc__": f"{cls.__name__} without its video processor (which needs torchvision)."})
+    key = type(f"_{name}Key", (PreTrainedConfig,), {"model_type": f"_vlmnb_{name.lower()}"})
+    AutoProcessor.register(key, new, exist_ok=True)  # transformers' own configs cannot be re-registered: a private key
+    return new
 
 # %% ../nbs/01_load.ipynb #c29e59ab
-IMAGE_ONLY_PROCESSORS = {c.__name__: c for c in (SmolVLMImageOnlyProcessor, Qwen2VLImageOnlyProcessor,
-                                                  Qwen2_5_VLImageOnlyProcessor, Qwen3VLImageOnlyProcessor)}
-
-def _register_processors():
-    for name, cls in IMAGE_ONLY_PROCESSORS.items():
-        key = type(f"_{name}Key", (PreTrainedConfig,), {"model_type": f"_vlmnb_{name.lower()}"})
-        AutoProcessor.register(key, cls, exist_ok=True)
-
-_register_processors()
-
 def has_torchvision() -> bool:
     "Whether torchvision can be imported (it is never required)."
     return importlib.util.find_spec("torchvision") is not None
+
+def processor_class(arch: Arch) -> type:
+    "The processor class for `arch` on this machine: the family's own, or its image-only variant without torchvision."
+    cls = getattr(transformers, arch.processor_class)
+    return cls if has_torchvision() else image_only(cls)
+
+IMAGE_ONLY_PROCESSORS = {c.__name__: c for c in (image_only(getattr(transformers, a.processor_class)) for a in ARCHS.values()
+                                                 if a.processor_class and not a.needs_torchvision) if c.__name__.endswith("ImageOnlyProcessor")}
 
 # %% ../nbs/01_load.ipynb #b732ee91
 ASSETS = Path(str(importlib.resources.files("vlmnb")))/"assets"
@@ -156,10 +155,12 @@ _FAMILY_TOKENS = ("<s>", "</s>", "<unk>", "<pad>", "<bos>", "<eos>", "<|begin_of
                   "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>",
                   "[INST]", "[/INST]")
 
+_MORE_FAMILY_TOKENS = ()  # chat markers of families added later: after the rest, so earlier ids never move
+
 def special_tokens() -> list[str]:
-    "Every special token of the tiny tokenizer: chat markers of all families, then image and vision tokens."
+    "Every special token of the tiny tokenizer: chat markers of the first families, image and vision tokens, later markers."
     vision = [t for a in ARCHS.values() for t in (a.image_token, *a.vision_tokens)]
-    return list(dict.fromkeys([*_FAMILY_TOKENS, *vision]))
+    return list(dict.fromkeys([*_FAMILY_TOKENS, *vision, *_MORE_FAMILY_TOKENS]))
 
 # %% ../nbs/01_load.ipynb #69490171
 _CORPUS_WORDS = ("the a an is are what which how many colour color shape shapes circle square triangle red green blue yellow "
@@ -175,8 +176,11 @@ def tiny_corpus(n: int = 4000, seed: int = 0) -> list[str]:
              for _ in range(n)]
     return lines + [" ".join(str(rng.randint(0, 99999)) for _ in range(6)) for _ in range(n // 4)] + ["User: Assistant: USER: ASSISTANT:"]
 
-def train_tiny_tokenizer(vocab_size: int = 1024):
-    "Train the tiny byte-level BPE tokenizer (a `tokenizers.Tokenizer`)."
+_REGULAR_TOKENS = 952  # bytes and merges: fixed, so a new family's special tokens leave every merge as it was
+
+def train_tiny_tokenizer(vocab_size: int | None = None):
+    "Train the tiny byte-level BPE tokenizer (a `tokenizers.Tokenizer`); special tokens first, then the same 952 others."
+    vocab_size = vocab_size or len(special_tokens()) + _REGULAR_TOKENS
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -313,7 +317,7 @@ def _idefics3(tok, t: str):
         text_config=T.LlamaConfig(**_text_config(tok)), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
     ip = (T.SmolVLMImageProcessorPil if smol else T.Idefics3ImageProcessorPil)(
         size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False)
-    return cfg, (SmolVLMImageOnlyProcessor if smol else T.Idefics3Processor)(ip, tok, image_seq_len=16, chat_template=CHAT_TEMPLATES[t])
+    return cfg, (image_only(T.SmolVLMProcessor) if smol else T.Idefics3Processor)(ip, tok, image_seq_len=16, chat_template=CHAT_TEMPLATES[t])
 
 # %% ../nbs/01_load.ipynb #ce8d92ca
 def _qwen(tok, t: str):
@@ -323,13 +327,13 @@ def _qwen(tok, t: str):
     vis = dict(patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
     text = _text_config(tok, bos_token_id=None, rope_parameters=_QWEN_ROPE)
     if t == "qwen2_vl":
-        cls, proc = T.Qwen2VLConfig, Qwen2VLImageOnlyProcessor
+        cls, proc = T.Qwen2VLConfig, image_only(T.Qwen2VLProcessor)
         vis.update(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2)
     elif t == "qwen2_5_vl":
-        cls, proc = T.Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor
+        cls, proc = T.Qwen2_5_VLConfig, image_only(T.Qwen2_5_VLProcessor)
         vis.update(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, window_size=32, fullatt_block_indexes=[1])
     else:
-        cls, proc = T.Qwen3VLConfig, Qwen3VLImageOnlyProcessor
+        cls, proc = T.Qwen3VLConfig, image_only(T.Qwen3VLProcessor)
         vis.update(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, num_position_embeddings=64,
                    deepstack_visual_indexes=[0])
         text.update(head_dim=16, rope_parameters={**_QWEN_ROPE, "mrope_interleaved": True})
@@ -455,8 +459,8 @@ def load_processor(name_or_path: str, arch: Arch | None = None, trust_remote_cod
     fix = ("Save the processor with the model (processor.save_pretrained(folder)); for vlmnb's tiny models, "
            "`import vlmnb` before loading with AutoProcessor.")
     try:
-        if arch.image_only_processor and not has_torchvision():
-            proc = IMAGE_ONLY_PROCESSORS[arch.image_only_processor].from_pretrained(name_or_path, **hub_kw)
+        if arch.processor_class and not has_torchvision():  # the family's class, less its video slot
+            proc = processor_class(arch).from_pretrained(name_or_path, **hub_kw)
         else: proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kw)
     except (OSError, ValueError, TypeError) as e: raise LoadError(f"{name_or_path}: no processor could be loaded ({e}). {fix}") from e
     if not isinstance(proc, ProcessorMixin) or getattr(proc, "image_processor", None) is None:
