@@ -20,8 +20,8 @@ from transformers.processing_utils import ProcessorMixin
 from .compat import disable_cpu_repack, linear_4bit_layers, unpack_cpu_4bit
 
 # %% auto #0
-__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'DTYPES', 'PRESETS',
-           'Arch', 'registry_table', 'image_only', 'has_torchvision', 'processor_class', 'special_tokens',
+__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'REFUSED', 'DTYPES',
+           'PRESETS', 'Arch', 'registry_table', 'image_only', 'has_torchvision', 'processor_class', 'special_tokens',
            'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of',
            'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds',
            'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
@@ -115,9 +115,6 @@ class _NoVideo(ProcessorMixin):
     @classmethod
     def get_attributes(cls): return [a for a in cls.__mro__[1].get_attributes() if a != "video_processor"]
 
-    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        "The generic template rendering (SmolVLM's own reads the video processor's frame settings)."
-        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
 @lru_cache(maxsize=None)
 def image_only(cls: type) -> type:
@@ -127,7 +124,10 @@ def image_only(cls: type) -> type:
     def __init__(self, *args, **kwargs):
         kwargs.update(zip(type(self).get_attributes(), args))
         cls.__init__(self, **kwargs, video_processor=None)
-    new = type(name, (cls, _NoVideo), {"__init__": __init__, "__module__": __name__,
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        "The generic template rendering (SmolVLM's own reads the video processor's frame settings)."
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+    new = type(name, (cls, _NoVideo), {"__init__": __init__, "apply_chat_template": apply_chat_template, "__module__": __name__,
                                         "__doc__": f"{cls.__name__} without its video processor (which needs torchvision)."})
     key = type(f"_{name}Key", (PreTrainedConfig,), {"model_type": f"_vlmnb_{name.lower()}"})
     AutoProcessor.register(key, new, exist_ok=True)  # transformers' own configs cannot be re-registered: a private key
@@ -445,10 +445,22 @@ def model_kind(config) -> str:
     if vision: return "a vision-language model vlmnb does not support yet"
     return "a text-only language model" if "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES" in tasks or hasattr(config, "vocab_size") else "not a model type vlmnb knows"
 
+REFUSED = {  # vision-language families transformers has (or a checkpoint's own code has) that vlmnb cannot run: why
+    "llama4": ("Llama 4", "its image processor exists only in a torchvision version (transformers 5.23 has no PIL variant)"),
+    "lfm2_vl": ("LFM2-VL", "its image processor exists only in a torchvision version (transformers 5.23 has no PIL variant)"),
+    "gemma3n": ("Gemma 3n", "its vision tower is a timm model (TimmWrapperModel), and timm needs torchvision; it also takes "
+                            "audio, which vlmnb does not train"),
+    "minicpmv": ("MiniCPM-V", "transformers does not ship it: its model and processor code live in the checkpoint "
+                              "(trust_remote_code), with no module layout vlmnb's registry could pin and test"),
+}
+
 def arch_of(config) -> Arch:
     "The registry entry for a config, or a `LoadError` saying what the model is and naming the supported types."
     t = getattr(config, "model_type", None)
     if t in ARCHS: return _check_arch(t)
+    if t in REFUSED:
+        name, why = REFUSED[t]
+        raise LoadError(f"model_type {t!r} ({name}) cannot be fine-tuned with vlmnb: {why}. Supported types: {', '.join(ARCHS)}.")
     raise LoadError(f"model_type {t!r} is {model_kind(config)}. vlmnb fine-tunes vision-language models (image and text "
                     f"in, text out) of these types: {', '.join(ARCHS)}.")
 
