@@ -13,20 +13,39 @@ same text for the golden cases (checked by rendering both side by side), not cop
 | smolvlm | HuggingFaceTB/SmolVLM-256M-Instruct | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn | as Idefics3 | template writes `<|im_start|>` (the bos); tokenizer none |
 | qwen2_vl, qwen2_5_vl | Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn; default "You are a helpful assistant." | `<|vision_start|><|image_pad|><|vision_end|>` in place | none |
 | qwen3_vl | Qwen/Qwen3-VL-2B-Instruct | as Qwen2-VL | no | `<|im_end|>` then `\\n` | `system` turn (its text items only), no default | as Qwen2-VL | none |
+| qwen3_5, qwen3_5_moe | Qwen/Qwen3.5-2B, Qwen/Qwen3.5-35B-A3B | `<|im_start|>assistant\\n` + text, trimmed; an answer after the last user turn gets `<think>\\n\\n</think>\\n\\n` first, earlier ones nothing | yes | `<|im_end|>` then `\\n` | `system` turn, first only, text trimmed, no default | `<|vision_start|><|image_pad|><|vision_end|>` in place (every content trimmed as a whole) | none |
 | gemma3 | google/gemma-3-4b-it | `<start_of_turn>model\\n` + text, trimmed | yes | `<end_of_turn>` then `\\n` | folded into the first user turn + blank line | `<start_of_image>` in place | template writes `<bos>`; the tokenizer adds it too |
 | mllama | meta-llama/Llama-3.2-11B-Vision-Instruct | header + `\\n\\n` + text | no | `<|eot_id|>` | system header (with "Cutting Knowledge Date" and today's date), only without images | `<|image|>` in place | template writes `<|begin_of_text|>`; the tokenizer adds it too |
+| idefics2 | HuggingFaceM4/idefics2-8b (and -chatty: same template) | `Assistant: ` + text | no | `<end_of_utterance>` then `\\n` | `System: ` turn, no default | `<image>` in place (`:` without space when the turn starts with one); the processor expands each to fake + 64 `<image>` + fake (x5 with `do_image_splitting`) and puts a space after a closing fake that touches a word | none in the template; the tokenizer adds `<s>` |
+| aya_vision | CohereLabs/aya-vision-8b | `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>` + text | no | `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>` (two special tokens, both labelled; the second is eos) | `<|SYSTEM_TOKEN|>` turn; a long default Cohere preamble when there is none, which a first system message replaces | `<image>` per image, all before the text | tokenizer adds `<BOS_TOKEN>`; template none |
+| gemma4 | google/gemma-4-31B-it | `<|turn>model\\n` + text, trimmed, thinking channels cut out | yes | `<turn|>` then `\\n` | `<|turn>system\\n` turn (content through `trim`: list content becomes its repr), no default | `\\n\\n<|image|>\\n\\n` in place | template writes `<bos>`; tokenizer none (add_bos_token false) |
+| internvl | OpenGVLab/InternVL3-1B-hf | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn, no default (the HF template; the original remote-code chat() and LLaMA-Factory's `intern_vl` add a Chinese one) | `<IMG_CONTEXT>\\n` per image, in place (the processor expands it to `<img>`, 256 per tile, `</img>`) | none (Qwen2 tokenizer, no bos) |
 | mistral3 (online only) | mistralai/Mistral-Small-3.1-24B-Instruct-2503 | `[/INST]` + first text item | no | `</s>` (the template writes eos_token) | `[SYSTEM_PROMPT]`..`[/SYSTEM_PROMPT]`; a long default with today's date | `[IMG]` in place | template writes `<s>`; the tokenizer adds it too |
 
 Refusals (`raise_exception`): mllama, a system prompt in a conversation with an image ("Prompting with images is
 incompatible with system messages."); gemma3, roles that do not alternate user/assistant after the system prompt;
 llava_next, any role but system/user/assistant ("Only user and assistant roles are supported!", although it renders
-system); mistral3, roles but system/user/assistant and content items but text/image.
-String content: the Qwen, Gemma 3, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics3
-and SmolVLM iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
+system); mistral3, roles but system/user/assistant and content items but text/image; gemma4 refuses nothing (roles need not
+alternate);
+qwen3_5, a conversation without a
+user turn ("No user query found in messages."), a system turn that is not first, an image in a system turn, roles
+but system/user/assistant/tool and content items that are neither image, video nor text.
+Qwen3.5 thinking: the generation prompt is `<|im_start|>assistant\\n<think>\\n` (thinking mode, the default) or, with
+`enable_thinking=False`, `<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n`; vlmnb renders with enable_thinking=False,
+so the empty think block is prompt text and the loss covers the answer and `<|im_end|>` only.
+Aya Vision renders any role by name (`user`, `assistant`, `system`; others verbatim) and refuses nothing; its generation
+prompt is `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>` without `<|START_RESPONSE|>`, which the model writes itself (vlmnb
+labels from the answer text on, so `<|START_RESPONSE|>` carries no label).
+InternVL refuses nothing; its template also writes `<video>\\n` for video items.
+String content: the Qwen, InternVL, Aya Vision, Gemma 3, Gemma 4, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics2,
+Idefics3 and SmolVLM iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
 `content[0]['text']`, which fails on a string. Quirks of the real templates kept here: Mllama takes the system prompt
 as `content | trim`, so list content (vlmnb's canonical form) is written as the Python repr of the list; Qwen3-VL
 keeps only the text items of a system prompt; Mistral 3 reads a system prompt as `content[0]['text']` even when it is a
-string (and so fails on string content). llava-v1.6-vicuna-7b-hf ships the llava-1.5 template. PaliGemma has no chat
+string (and so fails on string content). Gemma 4 writes a system prompt as `content | trim` (list
+content becomes the Python repr of the list, as Mllama's) and, with thinking off, ends the generation prompt with an
+empty thought channel `<|channel>thought\\n<channel|>` that the rendered history never has (answers in a rendered
+conversation follow `<|turn>model\\n` directly). llava-v1.6-vicuna-7b-hf ships the llava-1.5 template. PaliGemma has no chat
 template (vlmnb uses the processor's prefix/suffix route); Mistral 3 needs torchvision and the tiny zoo has no Mistral 3
 tokenizer, so it is checked online only.
 
@@ -39,15 +58,47 @@ Sources (repository: path):
 - Idefics3: huggingface/transformers: tests/models/idefics3/test_processing_idefics3.py (rendered template, and the
   processor's input ids starting with bos).
 - SmolVLM: huggingface/transformers: tests/models/smolvlm/test_processing_smolvlm.py (template; input ids without bos).
+- Idefics2: EricLBuehler/mistral.rs: mistralrs-core/src/pipeline/chat_template.rs (the idefics2-8b-chatty template with
+  bos `<s>`, eos `</s>`, and its rendering of a system turn, images and an untrimmed answer); huggingface/transformers:
+  tests/models/idefics2/test_processing_idefics2.py (pre-release: input ids start with the tokenizer's bos; its old
+  default template still wrote `<s>`, the shipped one does not), src/transformers/models/idefics2/processing_idefics2.py
+  (placeholder expansion); the idefics2-8b processor template as quoted in public fine-tuning code (same text).
 - Qwen2-VL / Qwen2.5-VL: openvinotoolkit/openvino.genai: src/cpp/src/chat_template_fallback_map.hpp ("Qwen2-VL-2B-Instruct
   (tokenizer_config.json)"); johnmai-dev/Jinja: Tests/Template tests/VisionTests.swift.
 - Qwen3-VL: the Qwen3-VL-8B-Instruct template as embedded (SHA-pinned) in public test code; hiyouga/LLaMA-Factory:
   src/llamafactory/data/template.py (qwen3_vl_nothink: no default system, `<|im_end|>\\n` after the answer).
+- Qwen3.5 / Qwen3.5 MoE: the Qwen3.5-35B-A3B template as embedded (keyed "Qwen3.5-35B-A3B-Q8_0") in public Go test data,
+  and the same template in GGUF metadata dumps (both found by find_string "System message cannot contain images");
+  hiyouga/LLaMA-Factory: src/llamafactory/data/template.py (qwen3_5 as a ReasoningTemplate with `<|im_end|>\\n` after
+  the answer; qwen3_5_nothink); transformers' processing_auto maps qwen3_5 and qwen3_5_moe to Qwen3VLProcessor.
 - Gemma 3: huggingface/transformers: tests/models/gemma3/test_processing_gemma3.py, and the gemma-3 GGUF template
   copies (string system content variant).
 - Mllama: johnmai-dev/Jinja: Tests/Template tests/VisionTests.swift (llama3_2visionChatTemplate); huggingface/transformers:
   tests/models/mllama/test_processing_mllama.py (the processor prepends bos).
 - Mistral 3: huggingface/transformers: tests/models/mistral3/test_processing_mistral3.py.
+- Aya Vision: Cohere's pre-release processor and template in public code (a fork's
+  src/transformers/models/aya_vision/processing_aya_vision.py: the turn format with `<|START_RESPONSE|>`/`<|END_RESPONSE|>`
+  around chatbot turns, the generation prompt ending at `<|CHATBOT_TOKEN|>`, the standard preamble, a leading system
+  turn replacing it; and a test script with the message-based Jinja template: images first, string content accepted);
+  huggingface/transformers: tests/models/aya_vision/test_processor_aya_vision.py (the released template writes a long
+  default system prompt), src/transformers/models/aya_vision/processing_aya_vision.py (`<image>` expansion, tiles,
+  `TILE_GLOBAL`), src/transformers/models/cohere2/configuration_cohere2.py (bos 5 = `<BOS_TOKEN>`, eos 255001 =
+  `<|END_OF_TURN_TOKEN|>`, pad 0 = `<PAD>`); vllm-project/vllm examples (offline vision_language.py: a prompt of
+  `<|START_OF_TURN_TOKEN|><|USER_TOKEN|><image>...<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>`);
+  aya-expanse / command-r7b tokenizer_config.json mirrors (`add_bos_token: true`). The released chat_template.json itself
+  was not found in the stored sources: the default preamble's exact wording is not checked here (it is abbreviated).
+- Gemma 4: ggml-org/llama.cpp: models/templates/gemma4.jinja and models/templates/google-gemma-4-31B-it-interleaved.jinja
+  (the published template; the two agree on plain conversations); huggingface/transformers:
+  src/transformers/models/gemma4/convert_gemma4_weights.py (tokenizer `add_bos_token=False`, the named special tokens,
+  generation stops at eos, `<turn|>` and `<|tool_response>`; audio feature extractor in every processor);
+  tests/models/gemma4/test_response_template_gemma4.py (`<|turn>model\\n` prefix, `<|channel>thought\\n...<channel|>`).
+- InternVL (HF-native): huggingface/transformers: src/transformers/models/internvl/convert_internvl_weights_to_hf.py (the
+  template the -hf checkpoints were converted with, as mirrored by Kethan1701/transformers at the same path; Qwen2.5-VL's
+  tokenizer with `<img>`/`</img>`/`<IMG_CONTEXT>`/`<video>` as named extra tokens; eos forced to `<|im_end|>`);
+  huggingface/transformers: tests/models/internvl/test_modeling_internvl.py (InternVL3-1B-hf prompts
+  `<|im_start|>user\\n<IMG_CONTEXT>\\n...<|im_end|>\\n<|im_start|>assistant\\n`, the chat-template test giving the same
+  answer, decoded outputs starting `user\\n` with no system turn); hiyouga/LLaMA-Factory: src/llamafactory/data/template.py
+  (`intern_vl`: the original format's default Chinese system prompt, which the HF template does not write).
 """
 from __future__ import annotations
 import copy
@@ -139,9 +190,65 @@ MLLAMA = (  # bos; a dated system header only without images (a system prompt wi
     "{% if c['type'] == 'image' %}{{ '<|image|>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{{ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 
-TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_NEXT, "idefics3": _idefics("<|begin_of_text|>"), "smolvlm": _idefics("<|im_start|>"),
-             "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True), "qwen3_vl": _chatml(False), "gemma3": GEMMA3, "mllama": MLLAMA}
+IDEFICS2 = _idefics("")  # Idefics3's shape without a bos: the Mistral tokenizer prepends <s> itself
 
+AYA_PREAMBLE = "# System Preamble\n(the checkpoint's standard Cohere preamble, about 3,000 characters, abbreviated here)"
+
+AYA_VISION = (  # a default preamble unless the first message is a system one; role tokens by name; images first; no trim
+    "{% if messages[0]['role'] == 'system' %}{% set turns = messages %}{% else %}"
+    "{{ '<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>' ~ preamble ~ '<|END_OF_TURN_TOKEN|>' }}{% set turns = messages %}{% endif %}"
+    "{% set role_tokens = {'user': '<|USER_TOKEN|>', 'assistant': '<|CHATBOT_TOKEN|><|START_RESPONSE|>', 'system': '<|SYSTEM_TOKEN|>'} %}"
+    "{% for m in turns %}{{ '<|START_OF_TURN_TOKEN|>' ~ role_tokens.get(m['role'], m['role']) }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}{% endif %}"
+    "{{ '<|END_RESPONSE|>' if m['role'] == 'assistant' else '' }}{{ '<|END_OF_TURN_TOKEN|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}").replace("preamble", repr(AYA_PREAMBLE))
+
+GEMMA4 = (  # bos; a system turn only for a system prompt (or thinking on), its content through trim; 'model' for the
+    # assistant; user text trimmed, each image as <|image|> between blank lines; an answer trimmed, with any thinking
+    # channel cut out; nothing refused; thinking off: the generation prompt opens an empty thought channel
+    "{% macro shown(s) %}{% set kept = namespace(text='') %}{% for chunk in s.split('<channel|>') %}"
+    "{% set kept.text = kept.text ~ chunk.split('<|channel>')[0] %}{% endfor %}{{ kept.text | trim }}{% endmacro %}"
+    "{{ bos_token }}{% set thinking = enable_thinking | default(false) %}{% set turns = messages %}"
+    "{% if thinking or messages[0]['role'] in ['system', 'developer'] %}{{ '<|turn>system\n' }}{% if thinking %}{{ '<|think|>\n' }}{% endif %}"
+    "{% if messages[0]['role'] in ['system', 'developer'] %}{{ messages[0]['content'] | trim }}{% set turns = messages[1:] %}{% endif %}"
+    "{{ '<turn|>\n' }}{% endif %}"
+    "{% for m in turns %}{% set model = m['role'] == 'assistant' %}{{ '<|turn>' ~ ('model' if model else m['role']) ~ '\n' }}"
+    "{% if m['content'] is string %}{{ shown(m['content']) if model else m['content'] | trim }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ shown(c['text']) if model else c['text'] | trim }}"
+    "{% elif c['type'] == 'image' %}{{ '\n\n<|image|>\n\n' }}{% endif %}{% endfor %}{% endif %}{{ '<turn|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn>model\n' }}{% if not thinking %}{{ '<|channel>thought\n<channel|>' }}{% endif %}{% endif %}")
+
+QWEN3_5 = (  # ChatML with a user turn required; every content trimmed; an empty think block before answers after the last query
+    "{% set q = namespace(at=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}{% set q.at = loop.index0 %}{% endif %}{% endfor %}"
+    "{% if q.at == -1 %}{{ raise_exception('No user query found in messages.') }}{% endif %}"
+    "{% for m in messages %}{% set body = namespace(s='') %}"
+    "{% if m['content'] is string %}{% set body.s = m['content'] %}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}{% if m['role'] == 'system' %}{{ raise_exception('System message cannot contain images.') }}{% endif %}"
+    "{% set body.s = body.s ~ '<|vision_start|><|image_pad|><|vision_end|>' %}"
+    "{% elif c['type'] == 'text' %}{% set body.s = body.s ~ c['text'] %}"
+    "{% else %}{{ raise_exception('Unexpected item type in content.') }}{% endif %}{% endfor %}{% endif %}"
+    "{% set text = body.s | trim %}"
+    "{% if m['role'] == 'system' %}{% if not loop.first %}{{ raise_exception('System message must be at the beginning.') }}{% endif %}"
+    "{{ '<|im_start|>system\n' ~ text ~ '<|im_end|>\n' }}"
+    "{% elif m['role'] == 'user' %}{{ '<|im_start|>user\n' ~ text ~ '<|im_end|>\n' }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' ~ ('<think>\n\n</think>\n\n' if loop.index0 > q.at else '') ~ text ~ '<|im_end|>\n' }}"
+    "{% else %}{{ raise_exception('Unexpected message role.') }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' ~ ('\n</think>\n\n' if enable_thinking is defined and enable_thinking is false else '') }}{% endif %}")
+
+INTERNVL = (  # chatml turns with no default system prompt; each image item becomes <IMG_CONTEXT> and a newline, in place
+    "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{{ {'image': '<IMG_CONTEXT>\n', 'video': '<video>\n'}.get(c['type'], '') }}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_NEXT, "idefics3": _idefics("<|begin_of_text|>"), "smolvlm": _idefics("<|im_start|>"),
+             "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True), "qwen3_vl": _chatml(False), "gemma3": GEMMA3, "mllama": MLLAMA,
+             "idefics2": IDEFICS2, "aya_vision": AYA_VISION, "gemma4": GEMMA4, "qwen3_5": QWEN3_5, "qwen3_5_moe": QWEN3_5,
+             "internvl": INTERNVL}
+
+_QWEN3_5_REFUSES = "a conversation without a user turn; a system prompt that is not first; an image in a system prompt"
 _MISTRAL_SYSTEM = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI"  # the default's opening words
 
 FACTS = {  # example, lead, trims, end of turn, system, string content, bos, tokenizer adds bos, template writes bos
@@ -149,18 +256,25 @@ FACTS = {  # example, lead, trims, end of turn, system, string content, bos, tok
     "llava_next": Facts("llava-hf/llava-v1.6-mistral-7b-hf", " ", False, "</s>", True, False, "<s>", True, False,
                         refuses="a role other than system, user and assistant"),
     "idefics3": Facts("HuggingFaceM4/Idefics3-8B-Llama3", " ", False, "<end_of_utterance>", True, False, "<|begin_of_text|>", True, True),
+    "idefics2": Facts("HuggingFaceM4/idefics2-8b", " ", False, "<end_of_utterance>", True, False, "<s>", True, False),
     "smolvlm": Facts("HuggingFaceTB/SmolVLM-256M-Instruct", " ", False, "<end_of_utterance>", True, False, "<|im_start|>", False, True),
     "qwen2_vl": Facts("Qwen/Qwen2-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False, False,
                       default_system="You are a helpful assistant."),
     "qwen2_5_vl": Facts("Qwen/Qwen2.5-VL-3B-Instruct", "", False, "<|im_end|>", True, True, None, False, False,
                         default_system="You are a helpful assistant."),
     "qwen3_vl": Facts("Qwen/Qwen3-VL-2B-Instruct", "", False, "<|im_end|>", True, True, None, False, False),
+    "qwen3_5": Facts("Qwen/Qwen3.5-2B", "", True, "<|im_end|>", True, True, None, False, False, refuses=_QWEN3_5_REFUSES),
+    "qwen3_5_moe": Facts("Qwen/Qwen3.5-35B-A3B", "", True, "<|im_end|>", True, True, None, False, False, refuses=_QWEN3_5_REFUSES),
     "gemma3": Facts("google/gemma-3-4b-it", "", True, "<end_of_turn>", True, True, "<bos>", True, True,
                     refuses="roles that do not alternate user/assistant"),
     "mllama": Facts("meta-llama/Llama-3.2-11B-Vision-Instruct", "", False, "<|eot_id|>", True, True, "<|begin_of_text|>", True, True,
                     refuses="a system prompt in a conversation with an image"),
+    "gemma4": Facts("google/gemma-4-31B-it", "", True, "<turn|>", True, True, "<bos>", False, True),
+    "internvl": Facts("OpenGVLab/InternVL3-1B-hf", "", False, "<|im_end|>", True, True, None, False, False),
     "mistral3": Facts("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "", False, "</s>", True, True, "<s>", True, True,
                       default_system=_MISTRAL_SYSTEM, refuses="a role other than system, user and assistant; content items other than text and image"),
+    "aya_vision": Facts("CohereLabs/aya-vision-8b", "", False, "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", True, True, "<BOS_TOKEN>",
+                        True, False, default_system=AYA_PREAMBLE),
 }
 
 

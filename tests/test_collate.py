@@ -14,7 +14,9 @@ from chat_templates import TEMPLATES
 
 END = {"llava": "</s>", "llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
        "qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>", "gemma3": "<end_of_turn>",
-       "mllama": "<|eot_id|>", "paligemma": "<eos>"}
+       "mllama": "<|eot_id|>", "paligemma": "<eos>", "idefics2": "<end_of_utterance>",
+       "aya_vision": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "gemma4": "<turn|>",
+       "qwen3_5": "<|im_end|>", "qwen3_5_moe": "<|im_end|>", "internvl": "<|im_end|>"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_mixed_batch_padding_and_labels(model_type, samples):
 
 # The real checkpoints' templates mostly carry no {% generation %} markers; vlmnb must not need them.
 # (tests/chat_templates.py has templates in the shape of every family's real one; test_real_templates.py the golden cases.)
-REAL_TEMPLATES = {t: TEMPLATES[t] for t in ("smolvlm", "qwen2_vl")}
+REAL_TEMPLATES = {t: TEMPLATES[t] for t in ("smolvlm", "qwen2_vl", "qwen3_5")}
 
 
 @pytest.mark.parametrize("model_type", sorted(REAL_TEMPLATES))

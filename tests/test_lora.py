@@ -11,12 +11,20 @@ from vlmnb.lora import LoraSpec, LoraTargetError, apply_lora, lora_targets, snap
 from vlmnb.load import ARCHS, TINY_ARCHS, tiny_model
 
 ATTN, MLP = ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")
+LINEAR_ATTN = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")  # Qwen3.5's Gated DeltaNet
 SIGLIP = (("encoder.layers", (0, 1), ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"), ("mlp.fc1", "mlp.fc2")),)
 VISION = {  # per family: (container, layer indices, attention suffixes, mlp suffixes) under the vision tower
-    **{t: SIGLIP for t in ("llava", "llava_next", "idefics3", "smolvlm", "gemma3", "paligemma")},
+    **{t: SIGLIP for t in ("llava", "llava_next", "idefics3", "smolvlm", "gemma3", "paligemma", "idefics2",
+                               "aya_vision")},
     "qwen2_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.fc1", "mlp.fc2")),),
     "qwen2_5_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),),
     "qwen3_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.linear_fc1", "mlp.linear_fc2")),),
+    "gemma4": (("encoder.layers", (0, 1), tuple(f"self_attn.{p}.linear" for p in ATTN),
+                tuple(f"mlp.{p}.linear" for p in MLP)),),  # Gemma4ClippableLinear wraps each nn.Linear
+    "qwen3_5": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.linear_fc1", "mlp.linear_fc2")),),
+    "qwen3_5_moe": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.linear_fc1", "mlp.linear_fc2")),),
+    "internvl": (("encoder.layer", (0, 1), tuple(f"attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "projection_layer")),
+                  ("mlp.fc1", "mlp.fc2")),),  # singular `layer`, and the output projection is `projection_layer`
     "mllama": (("transformer.layers", (0, 1), tuple(f"self_attn.{p}" for p in ATTN), ("mlp.fc1", "mlp.fc2")),
                ("global_transformer.layers", (0,), tuple(f"self_attn.{p}" for p in ATTN), ("mlp.fc1", "mlp.fc2"))),
 }
@@ -25,9 +33,12 @@ VISION = {  # per family: (container, layer indices, attention suffixes, mlp suf
 def expected(t, attention=True, mlp=True, language=True, vision=False, cross=False, layers=(0, 1)):
     a, out = ARCHS[t], set()
     self_attn_layers = [0] if t == "mllama" else [0, 1]  # the tiny Mllama's layer 1 is a cross-attention layer
+    hybrid = t in ("qwen3_5", "qwen3_5_moe")  # the tiny Qwen3.5's layer 0 is Gated DeltaNet (linear attention), layer 1 softmax
+    mlp_path = "mlp.shared_expert" if t == "qwen3_5_moe" else "mlp"  # MoE: the shared expert (routed experts are not Linear)
     for i in layers:
-        if language and attention and i in self_attn_layers: out |= {f"{a.language_model}.layers.{i}.self_attn.{p}" for p in ATTN}
-        if language and mlp: out |= {f"{a.language_model}.layers.{i}.mlp.{p}" for p in MLP}
+        if language and attention and hybrid and i == 0: out |= {f"{a.language_model}.layers.0.linear_attn.{p}" for p in LINEAR_ATTN}
+        elif language and attention and i in self_attn_layers: out |= {f"{a.language_model}.layers.{i}.self_attn.{p}" for p in ATTN}
+        if language and mlp: out |= {f"{a.language_model}.layers.{i}.{mlp_path}.{p}" for p in MLP}
         if cross and t == "mllama" and i == 1: out |= {f"{a.language_model}.layers.1.cross_attn.{p}" for p in ATTN}
     if vision:
         for container, idx, att, ml in VISION[t]:
@@ -84,7 +95,7 @@ def test_projector_trains_in_full(model_type):
     assert proj and all(p.requires_grad for _, p in proj)
 
 
-@pytest.mark.parametrize("model_type", ["llava", "smolvlm", "qwen2_vl", "mllama"])
+@pytest.mark.parametrize("model_type", ["llava", "smolvlm", "qwen2_vl", "mllama", "qwen3_5", "qwen3_5_moe"])
 def test_zero_match_error_suggests_the_regex_that_works(model_type, models):
     m, a = models[model_type][0], ARCHS[model_type]
     for bad in (r"language_model\.model\.layers\.\d+\.self_attn\.q_proj", ["wq", "wk"], r"text_model\.layers\.\d+\.mlp\.fc1"):

@@ -43,6 +43,7 @@ GOLDEN = {
     "llava_next": _SPACE_LED("</s>"),
     "idefics3": _SPACE_LED("<end_of_utterance>"),
     "smolvlm": _SPACE_LED("<end_of_utterance>"),
+    "idefics2": _SPACE_LED("<end_of_utterance>"),
     "qwen2_vl": {"single": ["red<|im_end|>"], "multi-turn": ["red<|im_end|>", "yes, red<|im_end|>"], "two images": ["red and blue<|im_end|>"],
                  "trailing space": ["red <|im_end|>"], "trailing newline": ["red\n<|im_end|>"],
                  "newline, two turns": ["red\n<|im_end|>", "blue\n\n<|im_end|>"], "system prompt": ["red<|im_end|>"]},
@@ -53,7 +54,17 @@ GOLDEN = {
                "trailing space": ["red <|eot_id|>"], "trailing newline": ["red\n<|eot_id|>"],
                "newline, two turns": ["red\n<|eot_id|>", "blue\n\n<|eot_id|>"], "system prompt": ["red<|eot_id|>"]},
 }
-GOLDEN["qwen2_5_vl"] = GOLDEN["qwen3_vl"] = GOLDEN["qwen2_vl"]
+_AYA_END = "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"  # both tokens carry a label: generation stops at the second (eos)
+GOLDEN["aya_vision"] = {
+    "single": [f"red{_AYA_END}"], "multi-turn": [f"red{_AYA_END}", f"yes, red{_AYA_END}"], "two images": [f"red and blue{_AYA_END}"],
+    "trailing space": [f"red {_AYA_END}"], "trailing newline": [f"red\n{_AYA_END}"],
+    "newline, two turns": [f"red\n{_AYA_END}", f"blue\n\n{_AYA_END}"], "system prompt": [f"red{_AYA_END}"]}
+GOLDEN["gemma4"] = {case: [r.replace("<end_of_turn>", "<turn|>") for r in runs] for case, runs in GOLDEN["gemma3"].items()}  # trimmed too
+GOLDEN["qwen2_5_vl"] = GOLDEN["qwen3_vl"] = GOLDEN["internvl"] = GOLDEN["qwen2_vl"]  # InternVL: the same chatml turns
+GOLDEN["qwen3_5"] = GOLDEN["qwen3_5_moe"] = {  # trimmed like Gemma 3; the empty think block before the last answer carries no loss
+    "single": ["red<|im_end|>"], "multi-turn": ["red<|im_end|>", "yes, red<|im_end|>"], "two images": ["red and blue<|im_end|>"],
+    "trailing space": ["red<|im_end|>"], "trailing newline": ["red<|im_end|>"], "newline, two turns": ["red<|im_end|>", "blue<|im_end|>"],
+    "system prompt": ["red<|im_end|>"]}
 
 
 def sample(case: str, **extra) -> dict:
@@ -183,6 +194,7 @@ def test_llava_next_current_revision_ends_answers_itself():
     ("mllama", [system("Be brief."), user("Colour?", 1), assistant("red")]),
     ("gemma3", [user("Colour?", 1), user("Really?"), assistant("red")]),
     ("llava_next", [user("Colour?", 1), {"role": "tool", "content": [{"type": "text", "text": "red"}]}, assistant("red")]),
+    ("qwen3_5", [user("Colour?", 1), system("Be brief."), assistant("red")]),
 ])
 def test_template_refusals_are_bad_samples(family, messages):
     "A sample the real template raises for is a bad sample: named by index in the error, reported by the budget audit."

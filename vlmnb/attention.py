@@ -20,8 +20,8 @@ from .eval import generate_answers, prompt_of, reference_of
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['image_token_layout', 'AttentionMaps', 'attention_maps', 'overlay', 'panel_title', 'attention_panels',
-           'compare_attention', 'shape_attention_ratio', 'inspect_attention']
+__all__ = ['image_token_layout', 'softmax_layers', 'AttentionMaps', 'attention_maps', 'overlay', 'panel_title',
+           'attention_panels', 'compare_attention', 'shape_attention_ratio', 'inspect_attention']
 
 # %% ../nbs/05b_attention.ipynb #5d91ddc9
 def _base(model):
@@ -73,6 +73,11 @@ def image_token_layout(model, processor, batch) -> tuple[np.ndarray, tuple[int, 
         v = cfg.vision_config
         side = v.image_size // v.patch_size
         return np.arange(1, 1 + side * side), (side, side)  # tile 0, after its class token
+    if arch.model_type == "idefics2":  # a perceiver's latents: learned queries that each read the whole image
+        n = cfg.perceiver_config.resampler_n_latents
+        raise ValueError(f"Idefics2's {n} image tokens per image are the latents of its perceiver resampler (model.connector), "
+                         "not patches: no latent belongs to a place on the image, so there is no patch grid to map attention "
+                         "onto. Attention maps need a family whose image tokens are patches (e.g. idefics3, smolvlm, llava, qwen2_vl).")
     ids = batch["input_ids"][0].numpy()
     image_id = processor.tokenizer.convert_tokens_to_ids(arch.image_token)
     runs = _runs(ids == image_id)
@@ -82,6 +87,25 @@ def image_token_layout(model, processor, batch) -> tuple[np.ndarray, tuple[int, 
         m = cfg.vision_config.spatial_merge_size
         start, _ = runs[0]
         return np.arange(start, start + (h // m) * (w // m)), (h // m, w // m)
+    if arch.model_type == "aya_vision":  # <|START_OF_IMG|> (TILE_k + patches)* TILE_GLOBAL + patches <|END_OF_IMG|>
+        tok = processor.tokenizer
+        soi, eoi = (int(np.flatnonzero(ids == tok.convert_tokens_to_ids(t))[0]) for t in ("<|START_OF_IMG|>", "<|END_OF_IMG|>"))
+        start, end = [(a, b) for a, b in runs if soi < a < eoi][-1]  # the global thumbnail: the whole image, after any tiles
+        side = math.isqrt(end - start)
+        return np.arange(start, end), (side, side)
+    if "image_position_ids" in batch:  # Gemma 4: each image keeps its aspect ratio; k x k patches pool into one token, row by row
+        pos = batch["image_position_ids"][0]
+        pos = pos[(pos >= 0).all(-1)]
+        k = cfg.vision_config.pooling_kernel_size
+        rows, cols = (int(pos[:, 1].max()) + 1) // k, (int(pos[:, 0].max()) + 1) // k
+        start, end = runs[0]
+        if end - start != rows * cols: raise ValueError(f"{end - start} image tokens for a {rows}x{cols} grid")
+        return np.arange(start, end), (rows, cols)
+    if arch.model_type == "internvl":  # <img>, tiles x image_seq_length tokens, </img>: the thumbnail is the last tile
+        n, (start, end) = cfg.image_seq_length, runs[0]
+        side = math.isqrt(n)
+        if side * side != n or (end - start) % n: raise ValueError(f"{end - start} image tokens are not whole tiles of {n}")
+        return np.arange(end - n, end), (side, side)  # a lone tile is the whole image; with tiles, the last is the thumbnail
     if arch.model_type == "llava_next":
         n = cfg.image_seq_length
         start, _ = runs[0]
@@ -91,6 +115,18 @@ def image_token_layout(model, processor, batch) -> tuple[np.ndarray, tuple[int, 
     side = math.isqrt(end - start)
     if side * side != end - start: raise ValueError(f"{end - start} image tokens do not form a square grid")
     return np.arange(start, end), (side, side)
+
+def softmax_layers(config, attentions) -> tuple[list[int], str]:
+    "The decoder layers whose attention weights `attentions` holds, in order, and a note on the layers it leaves out."
+    text = getattr(config, "text_config", config)
+    types = list(getattr(text, "layer_types", None) or [])
+    if "linear_attention" not in types: return list(range(len(attentions))), ""
+    soft = [i for i, t in enumerate(types) if t != "linear_attention"]  # Qwen3.5: only softmax layers return weights
+    if len(attentions) != len(soft) or any(a is None for a in attentions):
+        raise ValueError(f"expected attention weights from the {len(soft)} softmax-attention layers {soft}, got {len(attentions)} "
+                         "entries: this transformers version reports them differently")
+    return soft, (f"only the {len(soft)} softmax-attention layers {soft} of {len(types)} have attention weights; the "
+                  f"{len(types) - len(soft)} Gated DeltaNet (linear-attention) layers mix tokens through a recurrent state and are left out")
 
 # %% ../nbs/05b_attention.ipynb #0aac04a4
 @dataclass
@@ -102,6 +138,7 @@ class AttentionMaps:
     tokens: list[str]        # the answer tokens
     image: Image.Image
     layers: list[int]        # which model layers the first axis holds
+    note: str = ""           # what the maps leave out (Qwen3.5: its linear-attention layers have no attention weights)
 
     def grid(self, token: int = 0, layer: int | None = None, head: int | None = None) -> np.ndarray:
         "The (rows, cols) map for an answer token; `None` for the mean over layers or heads. Sums to 1."
@@ -127,19 +164,21 @@ def attention_maps(model, processor, sample: dict, answer: str | None = None, ma
     attns = _attentions(model, batch)
     queries = np.arange(start - 1, end - 1)  # each answer token's attention is read where it is predicted
     grid_pos, shape = image_token_layout(model, processor, batch)
+    note = ""
     if arch.model_type == "mllama":
         layers = mllama_cross_attention_layers(attns, _base(model).config)
-        all_image = None
+        entries, all_image = layers, None
     else:
-        layers = list(range(len(attns)))
+        layers, note = softmax_layers(_base(model).config, attns)
+        entries = list(range(len(attns)))  # one entry per softmax layer, in order
         all_image = torch.isin(batch["input_ids"][0], torch.tensor(vision_token_ids(processor, arch))).numpy()
     weights, mass = [], []
-    for i in layers:
+    for i in entries:
         a = attns[i][0].float().numpy()[:, queries]             # heads, answer tokens, keys
         weights.append(a[..., grid_pos])
         mass.append(a[..., all_image].sum(-1) if all_image is not None else a[..., grid_pos].sum(-1))
     tokens = [processor.tokenizer.decode([t]) for t in batch["input_ids"][0, start:end].tolist()]
-    return AttentionMaps(np.stack(weights), np.stack(mass), shape, tokens, sample["images"][0], layers)
+    return AttentionMaps(np.stack(weights), np.stack(mass), shape, tokens, sample["images"][0], layers, note)
 
 # %% ../nbs/05b_attention.ipynb #58db1084
 def overlay(
@@ -214,7 +253,8 @@ def inspect_attention(model, processor, sample: dict, answer: str | None = None)
     def show(*_):
         g = maps.grid(token.value, layer.value, head.value)
         picture.value = png_bytes(overlay(maps.image, g))
-        info.value = f"<b>{maps.image_mass(token.value, layer.value, head.value):.1%}</b> of this token's attention goes to the image; grid {maps.shape[0]}x{maps.shape[1]}"
+        info.value = (f"<b>{maps.image_mass(token.value, layer.value, head.value):.1%}</b> of this token's attention goes to the image; "
+                      f"grid {maps.shape[0]}x{maps.shape[1]}" + (f"<br><i>{maps.note}</i>" if maps.note else ""))
     for w in (token, layer, head): w.observe(show, "value")
     show()
     return W.VBox([W.HBox([token, layer, head]), info, picture])

@@ -23,11 +23,12 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'answer_spans', 'assistant_spans',
-           'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts',
-           'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator', 'loss_runs', 'token_table',
-           'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit',
-           'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView', 'view_sample', 'inspect_samples']
+__all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
+           'answer_end_at', 'answer_spans', 'assistant_spans', 'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids',
+           'make_labels', 'paligemma_parts', 'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator',
+           'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport',
+           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
+           'view_sample', 'inspect_samples']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -36,10 +37,12 @@ class CollateError(ValueError):
         super().__init__(message)
         self.kind = kind  # how reports file it: 'tokenize', or 'template' for a sample the chat template refuses
 
+TEMPLATE_KWARGS = {"enable_thinking": False}  # vlmnb trains and prompts answers without reasoning (Qwen3.5's empty think block)
+
 def render(processor, messages: list[dict], generation_prompt: bool = False, index: int = 0) -> str:
-    "The chat template's text for `messages`; a template that refuses them raises a `CollateError` naming sample `index`."
+    "The chat template's text for `messages` (non-thinking mode); a template that refuses them raises a `CollateError` naming sample `index`."
     if not messages: return ""
-    try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **TEMPLATE_KWARGS)
     except jinja2.TemplateError as e:
         raise CollateError(f"sample {index}: the chat template refused it ({str(e).rstrip('.')}). Rewrite the sample in a form the checkpoint's "
                            "template accepts, or leave it out (on_bad_data: skip drops it and reports it).", "template") from None
@@ -58,9 +61,19 @@ def end_of_turn_at(
     return pos + max((len(s) for s in specials if text.startswith(s, pos)), default=0)
 
 def special_strings(tokenizer) -> list[str]:
-    "Every special token of `tokenizer` (named ones and added ones marked special), longest first."
-    added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    "Every special token of `tokenizer` (named ones and every added token, marked special or not), longest first."
+    added = [t.content for t in tokenizer.added_tokens_decoder.values()]  # Cohere's turn markers are added tokens not marked special
     return sorted(set(tokenizer.all_special_tokens) | set(added), key=len, reverse=True)
+
+def special_chain_at(text: str, pos: int, specials: list[str]) -> list[str]:
+    "The special tokens that follow one another from `pos` on (none when no special token starts there)."
+    chain = []
+    while (end := end_of_turn_at(text, pos, specials)) > pos: chain.append(text[pos:end]); pos = end
+    return chain
+
+def answer_end_at(text: str, pos: int, specials: list[str], end: str | None = None) -> int:
+    "Where an answer's stop ends: after `end` (the template's end-of-turn, one or more special tokens) when it follows, else after the one special token there."
+    return pos + len(end) if end and text.startswith(end, pos) else end_of_turn_at(text, pos, specials)
 
 def answer_spans(processor, messages: list[dict], index: int = 0) -> tuple[str, list[tuple[int, int]]]:
     "The rendered conversation and the span of each assistant answer in it, with the answer's own trailing whitespace where the template keeps it."
@@ -86,8 +99,8 @@ def answer_spans(processor, messages: list[dict], index: int = 0) -> tuple[str, 
 def assistant_spans(processor, messages: list[dict], index: int = 0) -> list[tuple[int, int]]:
     "Character spans of each assistant answer and the end-of-turn token the template writes right after it."
     text, spans = answer_spans(processor, messages, index)
-    specials = special_strings(processor.tokenizer)
-    return [(a, end_of_turn_at(text, b, specials)) for a, b in spans]
+    specials, end = special_strings(processor.tokenizer), template_end_of_turn(processor)
+    return [(a, answer_end_at(text, b, specials, end)) for a, b in spans]
 
 # %% ../nbs/02_collate.ipynb #583c2a00
 def _shift(spans, replacements) -> list[tuple[int, int]]:
@@ -116,7 +129,7 @@ def encode(processor, texts: list[str], images: list[list], spans_of_rows: list[
     out = processor(text=texts, images=images, padding=True, return_offsets_mapping=True, return_tensors="pt",
                     **REPLACEMENT_OFFSETS, **bos_kwargs(processor, texts), **kw)
     offsets = out.pop("offset_mapping", None)
-    replacements = text_replacement_offsets(out, texts, offsets)
+    replacements = text_replacement_offsets(out, texts, offsets, processor)
     masks = []
     for r, (text, spans) in enumerate(zip(texts, spans_of_rows)):
         if offsets is None:  # no expansion and no offsets: tokenize again and check it matches
@@ -166,8 +179,12 @@ def template_end_of_turn(processor) -> str | None:
         try: text, spans = answer_spans(processor, probe)
         except (CollateError, ValueError, TypeError) as e: why = str(e); continue  # e.g. no chat template at all
         specials = special_strings(processor.tokenizer)
-        ends = {text[b:end_of_turn_at(text, b, specials)] for _, b in spans}
-        return ends.pop() if len(ends) == 1 and "" not in ends else None
+        chains = [special_chain_at(text, b, specials) for _, b in spans]  # e.g. Aya's <|END_RESPONSE|><|END_OF_TURN_TOKEN|>
+        common = []
+        for toks in zip(*chains):  # what follows every answer (the last one too): never the next turn's opening
+            if len(set(toks)) > 1: break
+            common.append(toks[0])
+        return "".join(common) or None
     raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
                        "it ends answers with a special token: give the processor a chat template, or set append_eos.")
 
@@ -185,14 +202,14 @@ class Rendered:
         n = self.appended[0][1] - self.appended[0][0] if self.appended else 0
         return c + n * sum(p <= c for p in self.inserted_at)
 
-def render_for_training(processor, messages: list[dict], index: int = 0, eos: str | None = None) -> Rendered:
-    "The text to tokenize and its loss spans; with `eos`, it is written after each answer that the template does not end with it."
+def render_for_training(processor, messages: list[dict], index: int = 0, eos: str | None = None, end: str | None = None) -> Rendered:
+    "The text to tokenize and its loss spans (each answer and `end`, the template's end-of-turn, or the special token after it); with `eos`, it is written after each answer that the template does not end with it."
     text, spans = answer_spans(processor, messages, index)
     at = [b for _, b in spans if eos and not text.startswith(eos, b)]
     for p in reversed(at): text = text[:p] + eos + text[p:]
     specials, n = special_strings(processor.tokenizer), len(eos or "")
     shift = lambda c: c + n * sum(p < c for p in at)
-    answers = [(shift(a), end_of_turn_at(text, shift(b), specials)) for a, b in spans]
+    answers = [(shift(a), answer_end_at(text, shift(b), specials, end)) for a, b in spans]
     return Rendered(text, answers, [(shift(p), shift(p) + n) for p in at], at)
 
 # %% ../nbs/02_collate.ipynb #70bd383c
@@ -222,7 +239,8 @@ class VLMCollator:
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
-        return render_for_training(self.processor, messages, index, self.processor.tokenizer.eos_token if self.eos_appended else None)
+        return render_for_training(self.processor, messages, index, self.processor.tokenizer.eos_token if self.eos_appended else None,
+                                   self.end_of_turn)
 
 # %% ../nbs/02_collate.ipynb #72c21a5a
 @patch(as_prop=True)
@@ -239,8 +257,12 @@ def stop_note(self: VLMCollator) -> str:
 # %% ../nbs/02_collate.ipynb #855fec5b
 def _turn_spans(processor, messages, rendered: Rendered, index: int = 0) -> list[tuple[int, int]]:
     "Character span of each turn in the rendered text (the template's text around a turn belongs to it, a leading bos does not)."
-    ends = [len(render(processor, messages[:k + 1], index=index)) for k in range(len(messages))]
-    text = render(processor, messages[:1], index=index)
+    ends, text = [], ""
+    for k in range(len(messages)):
+        try: ends.append(len(render(processor, messages[:k + 1], index=index)))
+        except CollateError: ends.append(ends[-1] if ends else 0)  # a prefix the template refuses (Qwen3.5: no user turn yet)
+    try: text = render(processor, messages[:1], index=index)
+    except CollateError: pass
     start = end_of_turn_at(text, 0, special_strings(processor.tokenizer)) if text.startswith(processor.tokenizer.bos_token or "\0") else 0
     return [(rendered.moved(a), rendered.moved(b)) for a, b in zip([start] + ends[:-1], ends)]
 
@@ -493,6 +515,7 @@ def fit_to_budget(ds, report: BudgetReport, policy: Literal["truncate", "drop"] 
 # %% ../nbs/02_collate.ipynb #fa561eaa
 def patch_grid(batch: dict, arch: Arch, table: list[dict], image_token_id: int, merge: int = 2) -> tuple[int, int] | None:
     "(rows, columns) of the patches behind the first image's tokens, where the tokens say it."
+    if arch.model_type == "idefics2": return None  # perceiver latents, not patches: no grid to draw
     if "image_grid_thw" in batch:
         _, h, w = batch["image_grid_thw"][0].tolist()
         return h // merge, w // merge

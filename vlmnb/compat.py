@@ -21,8 +21,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # %% auto #0
 __all__ = ['CHECKED', 'BNB_REPACK_FLAG', 'BNB_PACKED_FLAG', 'REPLACEMENT_OFFSETS', 'CompatError', 'CompatWarning', 'installed',
            'moved', 'versions', 'cpu_has_bf16', 'linear_4bit_layers', 'is_cpu_packed', 'unpack_cpu_4bit',
-           'disable_cpu_repack', 'processor_parts', 'text_replacement_offsets', 'attn_implementation',
-           'mllama_cross_attention_layers', 'save_trainer_checkpoint']
+           'disable_cpu_repack', 'processor_parts', 'idefics2_replacements', 'text_replacement_offsets',
+           'attn_implementation', 'mllama_cross_attention_layers', 'save_trainer_checkpoint']
 
 # %% ../nbs/09_compat.ipynb #c0900007
 CHECKED = {"torch": "2.13.0", "transformers": "5.23.0", "bitsandbytes": "0.50.2", "peft": "0.21.2"}  # each internal below was read in these versions' source
@@ -100,9 +100,42 @@ def processor_parts(processor_class) -> list[str]:
 # %% ../nbs/09_compat.ipynb #c0900024
 REPLACEMENT_OFFSETS = {"return_text_replacement_offsets": True}  # processor keyword: where each placeholder was expanded
 
-def text_replacement_offsets(out, texts: list[str], offsets=None) -> list[list[tuple[tuple[int, int], tuple[int, int]]]]:
+def idefics2_replacements(processor, texts: list[str]) -> list[list[dict]]:
+    """Idefics2Processor's own `__call__` expands `<image>` without reporting where: the same report, from its rule (read in
+    transformers 5.23): each `<image>` becomes fake + `image_seq_len` images + fake (five times with `do_image_splitting`),
+    doubled fakes collapse into one, and a closing fake followed by anything but whitespace or `<` gets a space after it.
+    Each run of adjacent `<image>` placeholders is one replacement (the space it causes included)."""
+    image, fake = processor.image_token, processor.fake_image_token
+    one = f"{fake}{image * processor.image_seq_len}{fake}" * (5 if processor.image_processor.do_image_splitting else 1)
+    rows = []
+    for text in texts:
+        row, at, grown = [], 0, 0
+        while (a := text.find(image, at)) >= 0:
+            b = a
+            while text.startswith(image, b): b += len(image)
+            new = text[a:b].replace(image, one).replace(f"{fake}{fake}", fake)
+            if b < len(text) and not text[b].isspace() and text[b] != "<": new += " "
+            row.append({"span": (a, b), "new_span": (a + grown, a + grown + len(new))})
+            grown, at = grown + len(new) - (b - a), b
+        rows.append(row)
+    return rows
+
+_UNREPORTED = {"Idefics2Processor": idefics2_replacements}  # processors whose own __call__ ignores return_text_replacement_offsets
+
+def text_replacement_offsets(out, texts: list[str], offsets=None, processor=None) -> list[list[tuple[tuple[int, int], tuple[int, int]]]]:
     "Pop from a processor's output where it expanded each text's placeholders: per text, (span in the text, span in the expanded text) pairs."
-    reported = out.pop("text_replacement_offsets", None) or [[] for _ in texts]
+    reported = out.pop("text_replacement_offsets", None)
+    rule = next((f for c in type(processor).__mro__ if (f := _UNREPORTED.get(c.__name__))), None) if processor is not None else None
+    if reported is None and rule is not None:  # rebuilt from the processor's rule: the expanded text must end where its tokens do
+        reported = rule(processor, texts)
+        for r, (text, row) in enumerate(zip(texts, reported) if offsets is not None else []):
+            expanded = len(text) + sum((b2 - a2) - (b - a) for (a, b), (a2, b2) in ((x["span"], x["new_span"]) for x in row))
+            if (end := int(np.asarray(offsets[r]).reshape(-1, 2)[:, 1].max(initial=0))) != expanded:
+                raise CompatError(moved("transformers", f"{type(processor).__name__}'s placeholder expansion", f"text {r} was "
+                                        f"expanded to {end} characters, not the {expanded} of the rule vlmnb rebuilds, so the "
+                                        "answer's tokens cannot be found"))
+    if reported is None or (torch.is_tensor(reported) and reported.numel() == 0):  # InternVL re-wraps its output with
+        reported = [[] for _ in texts]  # return_tensors, which turns "nothing expanded" ([[]] per text) into an empty tensor
     try: pairs = [[(tuple(r["span"]), tuple(r["new_span"])) for r in row] for row in reported]
     except (KeyError, TypeError) as e:
         raise CompatError(moved("transformers", "the span/new_span entries of text_replacement_offsets",

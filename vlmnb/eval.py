@@ -29,7 +29,7 @@ def end_of_turn_ids(processor) -> list[int]:
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     try: end = template_end_of_turn(processor)
     except CollateError: end = None
-    if end: ids.add(tok.convert_tokens_to_ids(end))
+    if end: ids.update(tok(end, add_special_tokens=False)["input_ids"])  # one token, or a chain (Aya: <|END_RESPONSE|><|END_OF_TURN_TOKEN|>)
     return sorted(i for i in ids if i is not None)
 
 # %% ../nbs/05_eval.ipynb #abbeb9d3

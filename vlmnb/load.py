@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/load.html.md"""
 
 # %% ../nbs/01_load.ipynb #abaf179a
 from __future__ import annotations
-import importlib, importlib.resources, importlib.util, json, os, random, re
+import importlib, importlib.resources, importlib.util, inspect, json, os, random, re
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,12 +44,13 @@ class Arch:
     projector_extra: tuple = ()        # more projector modules (Qwen3-VL's deepstack mergers)
     needs_torchvision: bool = False    # unusable without torchvision
     caveats: str = ""                  # what a user must know
+    lora_target_override: str = ""     # the family's own default-target regex after `<language model>.layers.N.` (hybrid or MoE layers)
 
     @property
     def lora_target(self) -> str:
         "Default LoRA target: attention and MLP projections of the language model's decoder layers."
-        return (rf"{re.escape(self.language_model)}\.layers\.\d+\."
-                r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
+        inner = self.lora_target_override or r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+        return rf"{re.escape(self.language_model)}\.layers\.\d+\." + inner
 
 # %% ../nbs/01_load.ipynb #37b9bba6
 _ROWCOL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
@@ -59,6 +60,17 @@ _QWEN = dict(language_model="model.language_model", vision_tower="model.visual",
              image_token="<|image_pad|>", vision_tokens=_QWEN_VISION)
 _IDEFICS = dict(language_model="model.text_model", vision_tower="model.vision_model", projector="model.connector",
                 image_token="<image>", vision_tokens=("<fake_token_around_image>", "<global-img>") + _ROWCOL)
+
+# Qwen3.5: three of every four decoder layers mix tokens with Gated DeltaNet (`linear_attn`), the fourth with gated
+# softmax attention (`self_attn`); LoRA adapts every projection of both, and the (shared-expert) MLP
+_QWEN3_5_LORA = (r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|linear_attn\.(in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)|"
+                 r"{mlp}(gate_proj|up_proj|down_proj))")
+_QWEN3_5_CAVEATS = ("Hybrid layers: Gated DeltaNet (linear attention, `linear_attn`) in 3 of 4 decoder layers, softmax attention "
+                    "in the 4th; only those return attention weights (attention maps use them). Without the fla and "
+                    "causal-conv1d kernels (CPU) the torch fallback runs, slower; it ignores cu_seqlens, so packed samples "
+                    "would leak into each other (vlmnb pads, never packs). The chat template writes an empty "
+                    "`<think>\\n\\n</think>\\n\\n` before the last answer; vlmnb renders with enable_thinking=False, so "
+                    "prompts end with it and only the answer and <|im_end|> carry loss.")
 
 ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("idefics3", "Idefics3", "Idefics3ForConditionalGeneration", **_IDEFICS, example="HuggingFaceM4/Idefics3-8B-Llama3"),
@@ -88,6 +100,45 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("mistral3", "Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", **_LLAVA, image_token="[IMG]",
          vision_tokens=("[IMG_BREAK]", "[IMG_END]"), example="mistralai/Mistral-Small-3.1-24B-Instruct-2503",
          needs_torchvision=True, caveats="PixtralProcessor imports torchvision: usable only where torchvision is installed."),
+    Arch("idefics2", "Idefics2", "Idefics2ForConditionalGeneration", language_model="model.text_model",
+         vision_tower="model.vision_model", projector="model.connector", image_token="<image>",
+         vision_tokens=("<fake_token_around_image>",), example="HuggingFaceM4/idefics2-8b", processor_class="Idefics2Processor",
+         caveats="A perceiver resampler (`model.connector.perceiver_resampler`) turns each image (each view, with "
+                 "`do_image_splitting`: 4 crops and the whole) into 64 latent tokens with no spatial layout: attention maps "
+                 "over the image are refused. The real template writes no bos (the tokenizer adds `<s>`) and renders "
+                 "plain-string content as nothing."),
+    Arch("aya_vision", "Aya Vision", "AyaVisionForConditionalGeneration", **_LLAVA, image_token="<|IMG_PATCH|>",
+         vision_tokens=("<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_LINE_BREAK|>"), example="CohereLabs/aya-vision-8b",
+         processor_class="AyaVisionProcessor",
+         caveats="The template writes `<image>`, which the processor expands to `<|START_OF_IMG|>`, a tile marker and "
+                 "`<|IMG_PATCH|>` tokens per tile (`TILE_1`, ... then `TILE_GLOBAL` for the thumbnail: plain text, not special "
+                 "tokens) and `<|END_OF_IMG|>`; images are tiled (`crop_to_patches`), so image tokens grow with image size. "
+                 "Answers end with `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>`: both carry a label (generation stops at the "
+                 "eos `<|END_OF_TURN_TOKEN|>`). The template writes a long default system preamble when a conversation has "
+                 "none; a system message replaces it. Cohere2 text model with embeddings tied to `lm_head` (training "
+                 "`lm_head` trains the embeddings too); transformers' AyaVision head does not apply the text config's "
+                 "`logit_scale` (vLLM's does), so logits and sampling temperatures differ between the two."),
+    Arch("gemma4", "Gemma 4", "Gemma4ForConditionalGeneration", language_model="model.language_model",
+         vision_tower="model.vision_tower", projector="model.embed_vision", image_token="<|image|>",
+         vision_tokens=("<|image>", "<image|>", "<|video|>"), example="google/gemma-4-31B-it", processor_class="Gemma4Processor",
+         caveats="Turns are `<|turn>role ... <turn|>`; the template trims answers and strips their thinking channels, and its "
+                 "generation prompt (thinking off) adds an empty `<|channel>thought\\n<channel|>` that trained turns lack. "
+                 "Variable image tokens per image (up to the image processor's `max_soft_tokens`, 280 by default); the 26B/31B "
+                 "checkpoints need `mm_token_type_ids` in training (bidirectional attention over each image on sliding layers). "
+                 "E2B/E4B also have an audio tower (left untrained). The 31B/26B full-attention layers share k and v (no v_proj)."),
+    Arch("qwen3_5", "Qwen3.5", "Qwen3_5ForConditionalGeneration", **_QWEN, example="Qwen/Qwen3.5-2B",
+         processor_class="Qwen3VLProcessor", lora_target_override=_QWEN3_5_LORA.format(mlp=r"mlp\."),
+         caveats=_QWEN3_5_CAVEATS),
+    Arch("qwen3_5_moe", "Qwen3.5 MoE", "Qwen3_5MoeForConditionalGeneration", **_QWEN, example="Qwen/Qwen3.5-35B-A3B",
+         processor_class="Qwen3VLProcessor", lora_target_override=_QWEN3_5_LORA.format(mlp=r"mlp\.shared_expert\."),
+         caveats=_QWEN3_5_CAVEATS + " The routed experts are fused 3-D parameters, not Linear layers: LoRA adapts the shared "
+                 "expert only, 4/8-bit loading leaves the experts unquantized, and the LoRA report says so."),
+    Arch("internvl", "InternVL3 / 3.5 (HF-native)", "InternVLForConditionalGeneration", **_LLAVA, image_token="<IMG_CONTEXT>",
+         vision_tokens=("<img>", "</img>", "<video>"), example="OpenGVLab/InternVL3-1B-hf", processor_class="InternVLProcessor",
+         caveats="Only the `-hf`/`-HF` checkpoints (model_type `internvl`) load without remote code; the original OpenGVLab/InternVL3-* "
+                 "repos are `internvl_chat`. Each image is cut into up to `max_patches` (12) square tiles plus a thumbnail, 256 "
+                 "tokens each, so one image can cost 3,328 tokens: lower `processor.image_processor.max_patches` to fit. The "
+                 "template writes no default system prompt (the original chat() format had one)."),
 ]}
 
 # %% ../nbs/01_load.ipynb #fd95a53c
@@ -100,6 +151,7 @@ def registry_table(archs: dict[str, Arch] = ARCHS) -> str:
             "|---|---|---|---|---|---|---:|---|\n" + "\n".join(rows))
 
 # %% ../nbs/01_load.ipynb #4e8b933a
+import inspect
 from functools import lru_cache
 from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
@@ -115,20 +167,27 @@ class _NoVideo(ProcessorMixin):
     @classmethod
     def get_attributes(cls): return [a for a in cls.__mro__[1].get_attributes() if a != "video_processor"]
 
+def _init_without_video(cls: type):
+    "An `__init__` with `cls`'s own named parameters less `video_processor` (transformers reads them from its code object)."
+    named = [p for n, p in list(inspect.signature(cls.__init__).parameters.items())[1:]
+             if n != "video_processor" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    head = ", ".join(p.name if p.default is p.empty else f"{p.name}=_defaults[{p.name!r}]" for p in named)
+    call = ", ".join(f"{p.name}={p.name}" for p in named)
+    ns = {"_defaults": {p.name: p.default for p in named}, "_family": cls}
+    exec(f"def __init__(self, {head}, **kwargs): _family.__init__(self, {call}, video_processor=None, **kwargs)", ns)
+    return ns["__init__"]
+
+def _generic_template(self, conversation, chat_template=None, **kwargs):
+    "The generic template rendering (SmolVLM's own reads the video processor's frame settings)."
+    return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
 @lru_cache(maxsize=None)
 def image_only(cls: type) -> type:
     "`cls` without its video processor (which needs torchvision); `cls` itself when it has no video slot."
     if "video_processor" not in cls.get_attributes(): return cls
     name = cls.__name__.removesuffix("Processor") + "ImageOnlyProcessor"
-    def __init__(self, *args, **kwargs):
-        kwargs.update(zip(type(self).get_attributes(), args))
-        cls.__init__(self, **kwargs, video_processor=None)
-    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        "The generic template rendering (SmolVLM's own reads the video processor's frame settings)."
-        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
-    new = type(name, (cls, _NoVideo), {"__init__": __init__, "apply_chat_template": apply_chat_template, "__module__": __name__,
-                                        "__doc__": f"{cls.__name__} without its video processor (which needs torchvision)."})
+    new = type(name, (cls, _NoVideo), {"__init__": _init_without_video(cls), "apply_chat_template": _generic_template,
+                                        "__module__": __name__, "__doc__": f"{cls.__name__} without its video processor (which needs torchvision)."})
     key = type(f"_{name}Key", (PreTrainedConfig,), {"model_type": f"_vlmnb_{name.lower()}"})
     AutoProcessor.register(key, new, exist_ok=True)  # transformers' own configs cannot be re-registered: a private key
     return new
@@ -155,7 +214,12 @@ _FAMILY_TOKENS = ("<s>", "</s>", "<unk>", "<pad>", "<bos>", "<eos>", "<|begin_of
                   "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>",
                   "[INST]", "[/INST]")
 
-_MORE_FAMILY_TOKENS = ()  # chat markers of families added later: after the rest, so earlier ids never move
+_MORE_FAMILY_TOKENS = (  # chat markers of families added later: after the rest, so earlier ids never move
+    "<BOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>",
+    "<|SYSTEM_TOKEN|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>",  # Cohere (Aya Vision)
+    "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>", "<|audio|>", "<|audio>", "<audio|>",  # Gemma 4
+    "<think>", "</think>",  # Qwen3.5
+)
 
 def special_tokens() -> list[str]:
     "Every special token of the tiny tokenizer: chat markers of the first families, image and vision tokens, later markers."
@@ -204,8 +268,16 @@ _TOKEN_ROLES = {  # bos, eos, pad, and the named tokens each processor reads fro
                                            "eoi_token": "<end_of_image>"}),
     "mllama": ("<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", {"image_token": "<|image|>"}),
     "paligemma": ("<bos>", "<eos>", "<pad>", {"image_token": "<image>"}),
+    "idefics2": ("<s>", "</s>", "<unk>", {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"}),
+    "aya_vision": ("<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>", "<PAD>", {}),  # AyaVisionProcessor takes its tokens as arguments
+    "gemma4": ("<bos>", "<eos>", "<pad>", {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                                           "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
+                                           "sot_token": "<|turn>", "eot_token": "<turn|>", "soc_token": "<|channel>",
+                                           "eoc_token": "<channel|>", "think_token": "<|think|>"}),
+    "internvl": (None, "<|im_end|>", "<|endoftext|>", {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>",
+                                                       "end_image_token": "</img>", "video_token": "<video>"}),
 }
-_TOKEN_ROLES["qwen2_5_vl"] = _TOKEN_ROLES["qwen3_vl"] = _TOKEN_ROLES["qwen2_vl"]
+_TOKEN_ROLES["qwen2_5_vl"] = _TOKEN_ROLES["qwen3_vl"] = _TOKEN_ROLES["qwen3_5"] = _TOKEN_ROLES["qwen3_5_moe"] = _TOKEN_ROLES["qwen2_vl"]
 
 def tiny_tokenizer(model_type: str) -> PreTrainedTokenizerFast:
     "The shipped tiny tokenizer, with the special-token roles of `model_type`."
@@ -233,12 +305,12 @@ def _user_content(image: str, trim=False, images_first=False):
 def _answer(end: str, trim=False): return f"{{% generation %}}{_text_of(trim=trim)}{{{{ {end!r} }}}}{{% endgeneration %}}"
 
 # %% ../nbs/01_load.ipynb #02107eee
-def _chatml(system_default: bool):  # <|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n
+def _chatml(system_default: bool, image: str = "<|vision_start|><|image_pad|><|vision_end|>"):  # <|im_start|>user\n<image>Q<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n
     default = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
                "{{ '\\n' }}{% endif %}") if system_default else ""
     return ("{% for message in messages %}" + default + "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
             "{% if message['role'] == 'assistant' %}" + _answer("<|im_end|>") + "{{ '\\n' }}"
-            "{% else %}" + _user_content("<|vision_start|><|image_pad|><|vision_end|>") + "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}"
+            "{% else %}" + _user_content(image) + "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}")
 
 def _idefics(bos: str):  # <|im_start|>User:<image>Q<end_of_utterance>\nAssistant: A<end_of_utterance>\n
@@ -278,9 +350,48 @@ _PALIGEMMA_TEMPLATE = (  # <image>Q\nA<eos>: PaliGemma has no chat format; train
     "{% for message in messages %}{% if message['role'] == 'user' %}" + _user_content("<image>", images_first=True) + "{{ '\\n' }}"
     "{% elif message['role'] == 'assistant' %}" + _answer("<eos>") + "{% endif %}{% endfor %}")
 
+_AYA_DEFAULT_SYSTEM = "You are Aya, a multilingual assistant built by Cohere."  # stands in for the real ~3,000-character preamble
+
+def _aya():  # <BOS_TOKEN><|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>S<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|USER_TOKEN|><image>Q<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>A<|END_RESPONSE|><|END_OF_TURN_TOKEN|>
+    return ("{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>" + _AYA_DEFAULT_SYSTEM +
+            "<|END_OF_TURN_TOKEN|>{% endif %}{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+            "{% if message['role'] == 'assistant' %}<|CHATBOT_TOKEN|><|START_RESPONSE|>" + _answer("<|END_RESPONSE|><|END_OF_TURN_TOKEN|>") +
+            "{% elif message['role'] == 'system' %}<|SYSTEM_TOKEN|>" + _text_of() + "<|END_OF_TURN_TOKEN|>"
+            "{% else %}<|USER_TOKEN|>" + _user_content("<image>", images_first=True) + "<|END_OF_TURN_TOKEN|>{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}")
+_GEMMA4_TEMPLATE = (  # <bos><|turn>user\n\n\n<|image|>\n\nQ<turn|>\n<|turn>model\nA<turn|>\n; thinking off: an empty thought channel opens the reply
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|turn>system\\n' }}"
+    + _text_of(trim=True) + "{{ '<turn|>\\n' }}{% else %}"
+    "{{ '<|turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}" + _answer("<turn|>", trim=True) + "{{ '\\n' }}"
+    "{% elif message['content'] is string %}{{ message['content'] | trim }}{{ '<turn|>\\n' }}"
+    "{% else %}" + _user_content("\n\n<|image|>\n\n", trim=True) + "{{ '<turn|>\\n' }}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn>model\\n<|channel>thought\\n<channel|>' }}{% endif %}")
+def _qwen3_5_template():  # ChatML, every content trimmed; `<think>\n\n</think>\n\n` before answers after the last user turn
+    trimmed = lambda body: "{% set rendered %}" + body + "{% endset %}{{ rendered | trim }}"
+    return ("{% set ns = namespace(last=-1) %}{% for message in messages %}{% if message['role'] == 'user' %}"
+            "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+            "{% if ns.last < 0 %}{{ raise_exception('No user query found in messages.') }}{% endif %}"
+            "{% for message in messages %}{% if message['role'] == 'system' %}"
+            "{% if not loop.first %}{{ raise_exception('System message must be at the beginning.') }}{% endif %}"
+            "{% if message['content'] is not string %}{% for c in message['content'] if c['type'] == 'image' %}"
+            "{{ raise_exception('System message cannot contain images.') }}{% endfor %}{% endif %}"
+            "<|im_start|>system{{ '\\n' }}" + trimmed(_text_of()) + "<|im_end|>{{ '\\n' }}"
+            "{% elif message['role'] == 'assistant' %}<|im_start|>assistant{{ '\\n' }}"
+            "{% if loop.index0 > ns.last %}<think>{{ '\\n\\n' }}</think>{{ '\\n\\n' }}{% endif %}" + _answer("<|im_end|>", trim=True) + "{{ '\\n' }}"
+            "{% else %}<|im_start|>{{ message['role'] }}{{ '\\n' }}" + trimmed(_user_content("<|vision_start|><|image_pad|><|vision_end|>"))
+            + "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}<think>{{ '\\n' }}"
+            "{% if enable_thinking is defined and enable_thinking is false %}{{ '\\n' }}</think>{{ '\\n\\n' }}{% endif %}{% endif %}")
+
 CHAT_TEMPLATES = {"llava": _LLAVA_TEMPLATE, "llava_next": _LLAVA_NEXT_TEMPLATE, "idefics3": _idefics("<|begin_of_text|>"),
                   "smolvlm": _idefics("<|im_start|>"), "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True),
-                  "qwen3_vl": _chatml(False), "gemma3": _GEMMA3_TEMPLATE, "mllama": _MLLAMA_TEMPLATE, "paligemma": _PALIGEMMA_TEMPLATE}
+                  "qwen3_vl": _chatml(False), "gemma3": _GEMMA3_TEMPLATE, "mllama": _MLLAMA_TEMPLATE, "paligemma": _PALIGEMMA_TEMPLATE,
+                  "idefics2": _idefics("{{ bos_token }}"),  # Idefics2's real template writes no bos: its tokenizer adds <s>
+                  "aya_vision": _aya(),
+                  "gemma4": _GEMMA4_TEMPLATE,
+                  "qwen3_5": _qwen3_5_template(), "qwen3_5_moe": _qwen3_5_template(),
+                  "internvl": _chatml(False, "<IMG_CONTEXT>\n")}  # InternVL's processor expands each <IMG_CONTEXT> to <img>, its tiles' tokens, </img>
 
 # %% ../nbs/01_load.ipynb #a02beb64
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -340,6 +451,23 @@ def _qwen(tok, t: str):
     cfg = cls(text_config=text, vision_config=vis, **ids)
     return cfg, proc(T.Qwen2VLImageProcessorPil(**_QWEN_IMG), tok, chat_template=CHAT_TEMPLATES[t])
 
+def _qwen3_5(tok, t: str):
+    "Qwen3.5: layer 0 Gated DeltaNet (linear attention), layer 1 gated softmax attention; the MoE variant with 4 routed experts."
+    T = transformers
+    ids = _ids(tok, image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+               vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>")
+    vis = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, num_position_embeddings=64,
+               patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25}  # rotary on a quarter of head_dim 32: 8 dims, sections sum to 4
+    text = _text_config(tok, bos_token_id=None, head_dim=32, rope_parameters=rope, layer_types=["linear_attention", "full_attention"],
+                        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)
+    if t == "qwen3_5_moe":
+        text.pop("intermediate_size")
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+    cfg = (T.Qwen3_5MoeConfig if t == "qwen3_5_moe" else T.Qwen3_5Config)(text_config=text, vision_config=vis, **ids)
+    return cfg, image_only(T.Qwen3VLProcessor)(T.Qwen2VLImageProcessorPil(**_QWEN_IMG), tok, chat_template=CHAT_TEMPLATES[t])
+
 # %% ../nbs/01_load.ipynb #b0917845
 def _gemma3(tok, t: str):
     T = transformers
@@ -372,9 +500,56 @@ def _paligemma(tok, t: str):
         image_token_index=tok.image_token_id)
     return cfg, proc
 
+def _idefics2(tok, t: str):
+    T = transformers
+    cfg = T.Idefics2Config(
+        vision_config=T.Idefics2VisionConfig(**_VISION, image_size=64, patch_size=8),
+        perceiver_config=T.Idefics2PerceiverConfig(hidden_size=_TEXT["hidden_size"], rms_norm_eps=1e-5, resampler_n_latents=16,
+                                                   resampler_depth=2, resampler_n_heads=4, resampler_head_dim=16, num_key_value_heads=2),
+        text_config=T.MistralConfig(**_text_config(tok, rms_norm_eps=1e-5)), image_token_id=tok.image_token_id)
+    ip = T.Idefics2ImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 64}, do_image_splitting=False)
+    return cfg, T.Idefics2Processor(ip, tok, image_seq_len=16, chat_template=CHAT_TEMPLATES[t])  # 16 latents per image
+def _aya_vision(tok, t: str):
+    T = transformers
+    cfg = T.AyaVisionConfig(  # SigLIP 32 px / patch 4 = 8x8 patches, pixel-shuffled 2x2 -> 16 tokens a tile
+        vision_config=T.SiglipVisionConfig(**_VISION, image_size=32, patch_size=4, vision_use_head=False),
+        text_config=T.Cohere2Config(**_text_config(tok, sliding_window=64, tie_word_embeddings=True)),
+        downsample_factor=2, image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"), tie_word_embeddings=True)
+    ip = T.GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=1, max_patches=2)
+    return cfg, T.AyaVisionProcessor(ip, tok, patch_size=4, img_size=32, downsample_factor=2, chat_template=CHAT_TEMPLATES[t])
+
+def _gemma4(tok, t: str):
+    T = transformers
+    # max_soft_tokens must be one of 70, 140, 280, 560, 1120: 70 is the least (an image fills the budget whatever its size)
+    ip = T.Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+    proc = image_only(T.Gemma4Processor)(T.Gemma4AudioFeatureExtractor(), ip, tok, image_seq_length=70, chat_template=CHAT_TEMPLATES[t])
+    text = _text_config(tok, head_dim=16, global_head_dim=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+                        hidden_size_per_layer_input=0, use_bidirectional_attention="vision", final_logit_softcapping=30.0)
+    vision = dict(**_VISION, num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
+                  standardize=True)
+    cfg = T.Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **_ids(
+        tok, image_token_id="<|image|>", boi_token_id="<|image>", eoi_token_id="<image|>", video_token_id="<|video|>",
+        audio_token_id="<|audio|>", boa_token_id="<|audio>", eoa_token_index="<audio|>"))
+    return cfg, proc
+def _internvl(tok, t: str):
+    "64-px tiles of 8-px patches: 8x8 patches, pixel-shuffled 2x2 into 16 tokens a tile; up to 4 tiles and a thumbnail."
+    T = transformers
+    cfg = T.InternVLConfig(
+        vision_config=T.InternVLVisionConfig(**_VISION, image_size=64, patch_size=8, attention_bias=True),
+        text_config=T.Qwen2Config(**_text_config(tok, bos_token_id=None)), image_token_id=tok.context_image_token_id,
+        image_seq_length=16, downsample_ratio=0.5, tie_word_embeddings=False)
+    ip = T.GotOcr2ImageProcessorPil(size={"height": 64, "width": 64}, crop_to_patches=True, min_patches=1, max_patches=4,
+                                    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return cfg, image_only(T.InternVLProcessor)(ip, tok, image_seq_length=16, chat_template=CHAT_TEMPLATES[t])
+
 # %% ../nbs/01_load.ipynb #d7e0cf3b
 _BUILDERS = {"llava": _llava, "llava_next": _llava, "idefics3": _idefics3, "smolvlm": _idefics3, "qwen2_vl": _qwen,
-             "qwen2_5_vl": _qwen, "qwen3_vl": _qwen, "gemma3": _gemma3, "mllama": _mllama, "paligemma": _paligemma}
+             "qwen2_5_vl": _qwen, "qwen3_vl": _qwen, "gemma3": _gemma3, "mllama": _mllama, "paligemma": _paligemma,
+             "idefics2": _idefics2,
+             "aya_vision": _aya_vision,
+             "gemma4": _gemma4,
+             "qwen3_5": _qwen3_5, "qwen3_5_moe": _qwen3_5,
+             "internvl": _internvl}
 TINY_ARCHS = tuple(_BUILDERS)
 
 def _check_arch(model_type: str) -> Arch:
@@ -425,8 +600,9 @@ def _sub_configs(config) -> set[str]:
     "Names of a config's sub-configs, nested ones included (an omni model's thinker holds its vision and audio configs)."
     names = set()
     for k in getattr(config, "sub_configs", {}) or {}:
+        if (sub := getattr(config, k, None)) is None: continue  # declared but absent (a Gemma 4 without audio)
         names.add(k)
-        if (sub := getattr(config, k, None)) is not None and hasattr(sub, "sub_configs"): names |= _sub_configs(sub)
+        if hasattr(sub, "sub_configs"): names |= _sub_configs(sub)
     return names
 
 def model_kind(config) -> str:
@@ -589,6 +765,8 @@ def model_summary(model) -> ModelSummary:
     return ModelSummary(f"{arch.name} ({type(model).__name__})", [{"component": c, **acc[c]} for c in order if c in acc], dtype)
 
 # %% ../nbs/01_load.ipynb #e9724dee
+from PIL import Image
+
 def smoke_test(model_type: str, image: Image.Image | None = None) -> dict:
     "Build the tiny `model_type`, run one templated image+text sample forward and backward; a row of facts."
     model, processor = tiny_model(model_type)
@@ -623,16 +801,63 @@ PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.j
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2), tie_word_embeddings=True), dict(patch_size=14)),
+    "idefics2-8b": ("idefics2", dict(  # Mistral-7B text model, SigLIP-so400m vision tower (980 px, patch 14), 64-latent perceiver
+        text_config=dict(initializer_range=0.02, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=32003, max_position_embeddings=32768, rms_norm_eps=1e-5, sliding_window=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=980,
+                           patch_size=14),
+        perceiver_config=dict(hidden_size=4096, rms_norm_eps=1e-5, resampler_n_latents=64, resampler_depth=3, resampler_n_heads=16,
+                              resampler_head_dim=96, num_key_value_heads=4)),
+        dict(image_seq_len=64, do_image_splitting=True, size={"shortest_edge": 378, "longest_edge": 980})),
+    "aya-vision-8b": ("aya_vision", dict(  # Command R7B (Cohere2) + SigLIP2-so400m at 364 px; see the family report for sources
+        text_config=dict(initializer_range=0.02, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=256000, max_position_embeddings=16384, logit_scale=0.25,
+                         sliding_window=4096, layer_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+                         tie_word_embeddings=True),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=364,
+                           patch_size=14), downsample_factor=2, alignment_intermediate_size=28672, tie_word_embeddings=True),
+        dict(img_size=364, patch_size=14, downsample_factor=2, max_patches=12)),
+    "gemma-4-31b": ("gemma4", dict(  # huggingface/transformers: src/transformers/models/gemma4/convert_gemma4_weights.py (gemma-4-31b)
+        text_config=dict(initializer_range=0.02, hidden_size=5376, intermediate_size=21504, num_hidden_layers=60, num_attention_heads=32,
+                         num_key_value_heads=16, head_dim=256, vocab_size=262144, max_position_embeddings=262144, sliding_window=1024,
+                         layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 10, attention_k_eq_v=True,
+                         per_layer_config={i: {"head_dim": 512, "num_key_value_heads": 4} for i in range(5, 60, 6)},  # global layers
+                         hidden_size_per_layer_input=0, use_bidirectional_attention="vision", final_logit_softcapping=30.0,
+                         tie_word_embeddings=True, rope_parameters={
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0}}),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16,
+                           head_dim=72, patch_size=16, pooling_kernel_size=3, position_embedding_size=10240, standardize=True),
+        tie_word_embeddings=True), dict(patch_size=16, max_soft_tokens=280, pooling_kernel_size=3)),
+    # pytorch/torchtitan: torchtitan/models/qwen3_5/__init__.py (_0_8b: "Qwen3.5-0.8B dense config", HF config tie_word_embeddings=true)
+    "qwen3.5-0.8b": ("qwen3_5", dict(
+        text_config=dict(initializer_range=0.02, hidden_size=1024, intermediate_size=3584, num_hidden_layers=24, num_attention_heads=8,
+                         num_key_value_heads=2, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
+                         linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4, vocab_size=248320,
+                         max_position_embeddings=262144, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                                          "mrope_interleaved": True, "partial_rotary_factor": 0.25}),
+        vision_config=dict(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12, out_hidden_size=1024, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304),
+        tie_word_embeddings=True), dict(patch_size=16)),
+    "internvl3-1b": ("internvl", dict(  # OpenGVLab/InternVL3-1B(-hf): InternViT-300M-448px and Qwen2.5-0.5B, untied head
+        text_config=dict(initializer_range=0.02, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151674, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000000.0}, tie_word_embeddings=False),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=448,
+                           patch_size=14, attention_bias=True, use_qk_norm=False, norm_type="layer_norm", layer_scale_init_value=0.1),
+        image_seq_length=256, downsample_ratio=0.5, tie_word_embeddings=False), dict(image_size=448, image_seq_length=256, max_patches=12)),
 }
 
 # %% ../nbs/01_load.ipynb #186da796
-_DERIVED = ("head_dim", "layer_types")  # computed from other sizes when a config is made: recompute, never copy
+_DERIVED = ("head_dim", "layer_types", "per_layer_config")  # computed from other sizes when a config is made: recompute, never copy
 
 def _merge(config, overrides: dict):
     "A new config of the same class: `config` with `overrides` deep-merged into its sub-configs."
     def merge(dst: dict, src: dict):
         for k, v in src.items():
-            if k.endswith("_config") and isinstance(v, dict) and isinstance(dst.get(k), dict):
+            if k.endswith("_config") and k not in _DERIVED and isinstance(v, dict) and isinstance(dst.get(k), dict):
                 for key in _DERIVED:
                     if key not in v: dst[k].pop(key, None)
                 merge(dst[k], v)
@@ -646,9 +871,26 @@ def _preset_processor(processor, model_type: str, proc_kw: dict):
         s = proc_kw["image_size"]
         processor.image_processor.size, processor.image_processor.max_image_size = {"longest_edge": 4 * s}, {"longest_edge": s}  # up to 4x4 crops
         processor.image_processor.do_image_splitting, processor.image_seq_len = True, proc_kw["image_seq_len"]
+    if model_type == "idefics2":  # 64 latents per view; 4 crops and the whole image with do_image_splitting
+        processor.image_seq_len = proc_kw["image_seq_len"]
+        processor.image_processor.do_image_splitting, processor.image_processor.size = proc_kw["do_image_splitting"], dict(proc_kw["size"])
+    if model_type in ("qwen3_5", "qwen3_5_moe"):  # Qwen3-VL's image geometry: 16-pixel patches, 2x2 merge
+        ip = processor.image_processor
+        ip.patch_size, ip.merge_size = proc_kw["patch_size"], 2
+        ip.size = {"shortest_edge": 64 * 32 * 32, "longest_edge": 16384 * 32 * 32}
     if model_type == "qwen2_vl":
         ip = processor.image_processor
         ip.patch_size, ip.size = proc_kw["patch_size"], {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # Qwen2-VL's min/max_pixels
+    if model_type == "aya_vision":  # tiles of img_size px, each (img_size / (patch * downsample))^2 tokens: 13 x 13 = 169
+        s = proc_kw["img_size"]
+        processor.img_size, processor.patch_size = s, proc_kw["patch_size"] * proc_kw["downsample_factor"]
+        processor.image_processor.size, processor.image_processor.max_patches = {"height": s, "width": s}, proc_kw["max_patches"]
+    if model_type == "gemma4":  # the real image processor: 16-pixel patches, 3x3 pooling, up to 280 tokens an image
+        for k, v in proc_kw.items(): setattr(processor.image_processor, k, v)
+        processor.image_seq_length = proc_kw["max_soft_tokens"]
+    if model_type == "internvl":
+        ip, s = processor.image_processor, proc_kw["image_size"]
+        ip.size, ip.max_patches, processor.image_seq_length = {"height": s, "width": s}, proc_kw["max_patches"], proc_kw["image_seq_length"]
     return processor
 
 # %% ../nbs/01_load.ipynb #abd3b6c4

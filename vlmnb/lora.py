@@ -57,7 +57,7 @@ def _check_spec(self: LoraSpec):
             raise ValueError("LoraSpec: attention=False and mlp=False leave no module in the layers; enable one of them.")
 
 # %% ../nbs/03_lora.ipynb #4c3799ce
-_LAYER = re.compile(r"\.(?:layers|blocks)\.(\d+)\.")
+_LAYER = re.compile(r"\.(?:layers|blocks|layer)\.(\d+)\.")  # InternVL's vision encoder: encoder.layer.N
 
 @dataclass(frozen=True)
 class LinearSite:
@@ -72,6 +72,7 @@ def _kind(name: str) -> str:
     after = name[_LAYER.search(name).end():] if _LAYER.search(name) else ""
     first = after.split(".")[0]
     if first == "cross_attn": return "cross_attention"
+    if first == "mlp" and after.endswith(("_gate", ".gate")): return "router"  # MoE gates (Qwen3.5's shared_expert_gate): one output per expert or token
     if "attn" in first or "attention" in first: return "attention"
     if first in ("mlp", "feed_forward", "ffn"): return "mlp"
     return "other"
@@ -234,6 +235,7 @@ class LoraReport:
     arch: str
     rows: list[dict]          # component, parameters, trainable, adapted (module count), full (module count), examples
     modules: list[str]        # every adapted module
+    notes: list[str] = field(default_factory=list)  # what LoRA cannot reach (fused MoE expert weights)
 
     @property
     def total(self) -> int: return sum(r["parameters"] for r in self.rows)
@@ -245,7 +247,7 @@ class LoraReport:
                "| component | parameters | trainable | share | LoRA modules | trained in full | e.g. |", "|---|---:|---:|---:|---:|---:|---|"]
         out += [f"| {r['component']} | {r['parameters']:,} | {r['trainable']:,} | {r['trainable'] / max(1, r['parameters']):.1%} | "
                 f"{r['adapted']} | {r['full']} | {r['example']} |" for r in self.rows]
-        return "\n".join(out)
+        return "\n".join(out + ([""] + [f"- {n}" for n in self.notes] if self.notes else []))
 
 # %% ../nbs/03_lora.ipynb #298e4668
 _ORDER = ("vision tower", "projector", "language model", "lm_head", "other")
@@ -268,7 +270,19 @@ def lora_report(peft_model: PeftModel) -> LoraReport:
     for n, m in base.named_modules():
         if type(m).__name__ == "ModulesToSaveWrapper":
             r = rows[component_of(n, arch)]; r["full"] += 1; r["example"] = r["example"] or f"`{n}` (full)"
-    return LoraReport(arch.name, [r for r in rows.values() if r["parameters"]], adapted)
+    return LoraReport(arch.name, [r for r in rows.values() if r["parameters"]], adapted, _fused_expert_notes(base))
+
+def _fused_expert_notes(model) -> list[str]:
+    "A line on MoE expert weights held as fused 3-D parameters, which LoRA on Linear layers cannot adapt, when they stay frozen."
+    experts = [(n, m) for n, m in model.named_modules() if type(m).__name__.endswith("Experts")
+               and any(p.ndim == 3 for p in m.parameters(recurse=False))]
+    frozen = [(n, p) for n, m in experts for p in m.parameters(recurse=False) if p.ndim == 3 and not p.requires_grad]
+    if not frozen: return []
+    size = sum(p.numel() * (2 if hasattr(p, "quant_state") else 1) for _, p in frozen)
+    names = sorted({n2.rsplit(".", 1)[-1] for n, m in experts for n2, p in m.named_parameters() if p.ndim == 3})
+    return [f"The routed experts of {len(experts)} MoE layers ({size:,} parameters in fused 3-D tensors: "
+            f"`{experts[0][0]}.{{{','.join(names)}}}`) stay frozen: they are not Linear layers, so LoRA cannot adapt them "
+            "(the shared expert, attention and linear attention are adapted). PEFT's `target_parameters` can reach them; vlmnb does not."]
 
 # %% ../nbs/03_lora.ipynb #fbefe157
 _SHADE = {"frozen": "#e5e7eb", "LoRA": "#93c5fd", "full": "#86efac"}
