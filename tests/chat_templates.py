@@ -20,6 +20,8 @@ same text for the golden cases (checked by rendering both side by side), not cop
 | aya_vision | CohereLabs/aya-vision-8b | `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>` + text | no | `<|END_RESPONSE|><|END_OF_TURN_TOKEN|>` (two special tokens, both labelled; the second is eos) | `<|SYSTEM_TOKEN|>` turn; a long default Cohere preamble when there is none, which a first system message replaces | `<image>` per image, all before the text | tokenizer adds `<BOS_TOKEN>`; template none |
 | gemma4 | google/gemma-4-31B-it | `<|turn>model\\n` + text, trimmed, thinking channels cut out | yes | `<turn|>` then `\\n` | `<|turn>system\\n` turn (content through `trim`: list content becomes its repr), no default | `\\n\\n<|image|>\\n\\n` in place | template writes `<bos>`; tokenizer none (add_bos_token false) |
 | internvl | OpenGVLab/InternVL3-1B-hf | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn, no default (the HF template; the original remote-code chat() and LLaMA-Factory's `intern_vl` add a Chinese one) | `<IMG_CONTEXT>\\n` per image, in place (the processor expands it to `<img>`, 256 per tile, `</img>`) | none (Qwen2 tokenizer, no bos) |
+| glm4v | zai-org/GLM-4.1V-9B-Thinking | `<|assistant|>\\n` + content as written (a list is written as its Python repr) | no | nothing: the next turn's `<|user|>`, or the end of the text (vlmnb appends `<|user|>`) | `<|system|>\\n` + content (a list as its repr), no default | `<|begin_of_image|><|image|><|end_of_image|>` in place, no separator | template writes `[gMASK]<sop>`; no bos token |
+| glm4v_moe, glm46v | zai-org/GLM-4.5V, zai-org/GLM-4.6V | `<|assistant|>\\n<think></think>\\n` + text, trimmed (an earlier `<think>..</think>` in the text is moved into the think block) | yes | as GLM-4.1V | `<|system|>\\n` + its text items, no default | as GLM-4.1V | as GLM-4.1V |
 | mistral3 (online only) | mistralai/Mistral-Small-3.1-24B-Instruct-2503 | `[/INST]` + first text item | no | `</s>` (the template writes eos_token) | `[SYSTEM_PROMPT]`..`[/SYSTEM_PROMPT]`; a long default with today's date | `[IMG]` in place | template writes `<s>`; the tokenizer adds it too |
 
 Refusals (`raise_exception`): mllama, a system prompt in a conversation with an image ("Prompting with images is
@@ -36,8 +38,12 @@ so the empty think block is prompt text and the loss covers the answer and `<|im
 Aya Vision renders any role by name (`user`, `assistant`, `system`; others verbatim) and refuses nothing; its generation
 prompt is `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>` without `<|START_RESPONSE|>`, which the model writes itself (vlmnb
 labels from the answer text on, so `<|START_RESPONSE|>` carries no label).
+GLM-4.1V: only user turns are read item by item; a system or assistant turn given as a list of items is written as the
+Python repr of the list (vlmnb renders text-only turns as strings for such templates, see `render`). GLM's own fine-tuning
+scripts label the `<|user|>` after every answer and append one after the last (it is among the checkpoints' stop ids,
+with `<|endoftext|>` and `<|observation|>`); vlmnb does the same through the registry's `stop_token`.
 InternVL refuses nothing; its template also writes `<video>\\n` for video items.
-String content: the Qwen, InternVL, Aya Vision, Gemma 3, Gemma 4, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics2,
+String content: the GLM, Qwen, InternVL, Aya Vision, Gemma 3, Gemma 4, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics2,
 Idefics3 and SmolVLM iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
 `content[0]['text']`, which fails on a string. Quirks of the real templates kept here: Mllama takes the system prompt
 as `content | trim`, so list content (vlmnb's canonical form) is written as the Python repr of the list; Qwen3-VL
@@ -99,6 +105,16 @@ Sources (repository: path):
   `<|im_start|>user\\n<IMG_CONTEXT>\\n...<|im_end|>\\n<|im_start|>assistant\\n`, the chat-template test giving the same
   answer, decoded outputs starting `user\\n` with no system turn); hiyouga/LLaMA-Factory: src/llamafactory/data/template.py
   (`intern_vl`: the original format's default Chinese system prompt, which the HF template does not write).
+- GLM-4.1V: the zai-org/GLM-4.1V-9B-Thinking template at revision 3c1471e51dc811b589d4d12b1c1c7c1c941267c2 (sha256
+  5232dbe7...) as quoted in a public renderer-validation report (found with find_string "<|begin_of_image|><|image|><|end_of_image|>\\n");
+  vllm-project/vllm: examples/offline_inference/vision_language.py (run_glm4_1v prompt); hiyouga/LLaMA-Factory:
+  src/llamafactory/data/template.py ("glm4v": prefix `[gMASK]<sop>`, `<|user|>\\n..<|assistant|>`, answer `\\n` + text,
+  suffix `<|user|>`); THUDM/GLM-4: finetune_demo/finetune.py (`input_ids.append(151336)  # EOS token '<|user|>'`,
+  labels shifted so the `<|user|>` after each answer carries loss).
+- GLM-4.5V / GLM-4.6V: hiyouga/LLaMA-Factory: src/llamafactory/data/template.py ("glm4v_moe": thought words `<think>`,
+  `</think>`, suffix `<|user|>`); the GLM-V family template (`visible_text` macro, `\\n<think></think>` before earlier
+  answers, `'\\n' + content.strip()`, `/nothink` with enable_thinking=False) as mirrored in public test code for GLM-OCR
+  and GLM-4.5; not checked against the GLM-4.5V repository itself (run the online test).
 """
 from __future__ import annotations
 import copy
@@ -124,6 +140,7 @@ class Facts:
     template_writes_bos: bool    # the template writes bos at the start of the text
     default_system: str = ""     # the system prompt the template writes when a conversation has none
     refuses: str = ""            # what the template raises for
+    appended: str | None = None  # what vlmnb appends where the template writes no end-of-turn token, if not eos (GLM: <|user|>)
 
 
 # ---- templates, written from the facts above (newlines after a tag are written as expressions: transformers
@@ -243,10 +260,43 @@ INTERNVL = (  # chatml turns with no default system prompt; each image item beco
     "{{ {'image': '<IMG_CONTEXT>\n', 'video': '<video>\n'}.get(c['type'], '') }}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+GLM4V = (  # [gMASK]<sop>; role markers with a newline; images as begin/image/end in place; system and assistant content printed as given
+    "{{ '[gMASK]<sop>' }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '<|system|>\n' ~ m['content'] }}"
+    "{% elif m['role'] == 'user' %}{{ '<|user|>\n' }}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif c['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|assistant|>' ~ (m['metadata'] if m['metadata'] else '') ~ '\n' ~ m['content'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
+def _glm_text(var: str) -> str:  # the text items of a turn (string content as is)
+    return (f"{{% if {var} is string %}}{{% set t = {var} %}}{{% else %}}{{% set t = namespace(s='') %}}"
+            f"{{% for c in {var} %}}{{% if c['type'] == 'text' %}}{{% set t.s = t.s ~ c['text'] %}}{{% endif %}}{{% endfor %}}"
+            "{% set t = t.s %}{% endif %}")
+
+
+GLM45V = (  # as GLM4V, list content read item by item everywhere; every answer after an empty think block (or its own), trimmed
+    "{{ '[gMASK]<sop>' }}{% set last = namespace(user=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set last.user = loop.index0 %}{% endif %}{% endfor %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}" + _glm_text("m['content']") + "{{ '<|system|>\n' ~ t }}"
+    "{% elif m['role'] == 'user' %}{{ '<|user|>\n' }}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '/nothink' }}{% endif %}"
+    "{% elif m['role'] == 'assistant' %}" + _glm_text("m['content']") + "{% set thought = '' %}"
+    "{% if '</think>' in t %}{% set thought = t.split('</think>')[0].split('<think>')[-1].strip() %}{% set t = t.split('</think>')[-1] %}{% endif %}"
+    "{{ '<|assistant|>\n<think>' ~ (thought if loop.index0 > last.user else '') ~ '</think>' }}"
+    "{% if t.strip() %}{{ '\n' ~ t.strip() }}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% if enable_thinking is defined and not enable_thinking %}"
+    "{{ '<think></think>\n' }}{% endif %}{% endif %}")
+
 TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_NEXT, "idefics3": _idefics("<|begin_of_text|>"), "smolvlm": _idefics("<|im_start|>"),
              "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True), "qwen3_vl": _chatml(False), "gemma3": GEMMA3, "mllama": MLLAMA,
              "idefics2": IDEFICS2, "aya_vision": AYA_VISION, "gemma4": GEMMA4, "qwen3_5": QWEN3_5, "qwen3_5_moe": QWEN3_5,
-             "internvl": INTERNVL}
+             "internvl": INTERNVL,
+             "glm4v": GLM4V, "glm4v_moe": GLM45V, "glm46v": GLM45V}
 
 _QWEN3_5_REFUSES = "a conversation without a user turn; a system prompt that is not first; an image in a system prompt"
 _MISTRAL_SYSTEM = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI"  # the default's opening words
@@ -271,6 +321,9 @@ FACTS = {  # example, lead, trims, end of turn, system, string content, bos, tok
                     refuses="a system prompt in a conversation with an image"),
     "gemma4": Facts("google/gemma-4-31B-it", "", True, "<turn|>", True, True, "<bos>", False, True),
     "internvl": Facts("OpenGVLab/InternVL3-1B-hf", "", False, "<|im_end|>", True, True, None, False, False),
+    "glm4v": Facts("zai-org/GLM-4.1V-9B-Thinking", "", False, None, True, True, None, False, False, appended="<|user|>"),
+    "glm4v_moe": Facts("zai-org/GLM-4.5V", "", True, None, True, True, None, False, False, appended="<|user|>"),
+    "glm46v": Facts("zai-org/GLM-4.6V", "", True, None, True, True, None, False, False, appended="<|user|>"),
     "mistral3": Facts("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "", False, "</s>", True, True, "<s>", True, True,
                       default_system=_MISTRAL_SYSTEM, refuses="a role other than system, user and assistant; content items other than text and image"),
     "aya_vision": Facts("CohereLabs/aya-vision-8b", "", False, "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", True, True, "<BOS_TOKEN>",

@@ -16,7 +16,8 @@ END = {"llava": "</s>", "llava_next": "</s>", "idefics3": "<end_of_utterance>", 
        "qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>", "gemma3": "<end_of_turn>",
        "mllama": "<|eot_id|>", "paligemma": "<eos>", "idefics2": "<end_of_utterance>",
        "aya_vision": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "gemma4": "<turn|>",
-       "qwen3_5": "<|im_end|>", "qwen3_5_moe": "<|im_end|>", "internvl": "<|im_end|>"}
+       "qwen3_5": "<|im_end|>", "qwen3_5_moe": "<|im_end|>", "internvl": "<|im_end|>",
+       "glm4v": "<|user|>", "glm4v_moe": "<|user|>", "glm46v": "<|user|>"}
 
 
 @pytest.fixture(scope="module")

@@ -120,8 +120,10 @@ def test_real_template_cuts_thinking_out_of_answers_and_writes_list_system_promp
     thought = {"role": "assistant", "content": [{"type": "text", "text": "<|channel>thought\nround, so a circle<channel|>red"}]}
     text = render(proc, [{"role": "user", "content": "Colour?"}, thought])
     assert text.endswith("<|turn>model\nred<turn|>\n") and "round" not in text
-    listed = render(proc, [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, {"role": "user", "content": "Hi"}])
-    assert "<|turn>system\n[{'type': 'text', 'text': 'Be brief.'}]<turn|>" in listed  # the real template's quirk
+    system = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, {"role": "user", "content": "Hi"}]
+    raw = proc.apply_chat_template(system, tokenize=False)
+    assert "<|turn>system\n[{'type': 'text', 'text': 'Be brief.'}]<turn|>" in raw  # the real template's quirk
+    assert "<|turn>system\nBe brief.<turn|>" in render(proc, system)  # vlmnb's render writes the text (see collate._as_strings)
     zoo = render(tiny_model("gemma4")[1], [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, {"role": "user", "content": "Hi"}])
     assert "<|turn>system\nBe brief.<turn|>" in zoo
 

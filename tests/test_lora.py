@@ -25,9 +25,19 @@ VISION = {  # per family: (container, layer indices, attention suffixes, mlp suf
     "qwen3_5_moe": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.linear_fc1", "mlp.linear_fc2")),),
     "internvl": (("encoder.layer", (0, 1), tuple(f"attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "projection_layer")),
                   ("mlp.fc1", "mlp.fc2")),),  # singular `layer`, and the output projection is `projection_layer`
+    **{t: (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),)
+       for t in ("glm4v", "glm4v_moe", "glm46v")},
     "mllama": (("transformer.layers", (0, 1), tuple(f"self_attn.{p}" for p in ATTN), ("mlp.fc1", "mlp.fc2")),
                ("global_transformer.layers", (0,), tuple(f"self_attn.{p}" for p in ATTN), ("mlp.fc1", "mlp.fc2"))),
 }
+
+
+def mlp_of(t, i) -> tuple:
+    "The MLP Linear layers of decoder layer `i`: GLM-4.1V fuses gate and up; the GLM MoE models' layer 1 is an MoE whose "
+    "routed experts are 3D parameters (no Linear), so only its shared experts count."
+    if t == "glm4v": return ("gate_up_proj", "down_proj")
+    if t in ("glm4v_moe", "glm46v") and i >= 1: return tuple(f"shared_experts.{p}" for p in MLP)
+    return MLP
 
 
 def expected(t, attention=True, mlp=True, language=True, vision=False, cross=False, layers=(0, 1)):
@@ -38,7 +48,7 @@ def expected(t, attention=True, mlp=True, language=True, vision=False, cross=Fal
     for i in layers:
         if language and attention and hybrid and i == 0: out |= {f"{a.language_model}.layers.0.linear_attn.{p}" for p in LINEAR_ATTN}
         elif language and attention and i in self_attn_layers: out |= {f"{a.language_model}.layers.{i}.self_attn.{p}" for p in ATTN}
-        if language and mlp: out |= {f"{a.language_model}.layers.{i}.{mlp_path}.{p}" for p in MLP}
+        if language and mlp: out |= {f"{a.language_model}.layers.{i}.{mlp_path}.{p}" for p in mlp_of(t, i)}
         if cross and t == "mllama" and i == 1: out |= {f"{a.language_model}.layers.1.cross_attn.{p}" for p in ATTN}
     if vision:
         for container, idx, att, ml in VISION[t]:

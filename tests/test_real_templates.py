@@ -65,6 +65,15 @@ GOLDEN["qwen3_5"] = GOLDEN["qwen3_5_moe"] = {  # trimmed like Gemma 3; the empty
     "single": ["red<|im_end|>"], "multi-turn": ["red<|im_end|>", "yes, red<|im_end|>"], "two images": ["red and blue<|im_end|>"],
     "trailing space": ["red<|im_end|>"], "trailing newline": ["red<|im_end|>"], "newline, two turns": ["red<|im_end|>", "blue<|im_end|>"],
     "system prompt": ["red<|im_end|>"]}
+# GLM: nothing follows the last answer in the template; the next turn's <|user|> follows the others, and vlmnb appends one
+# after the last (GLM's own fine-tuning recipe): every answer's run ends with <|user|>. GLM-4.5V/4.6V trim the answer.
+GOLDEN["glm4v"] = {"single": ["red<|user|>"], "multi-turn": ["red<|user|>", "yes, red<|user|>"], "two images": ["red and blue<|user|>"],
+                   "trailing space": ["red <|user|>"], "trailing newline": ["red\n<|user|>"],
+                   "newline, two turns": ["red\n<|user|>", "blue\n\n<|user|>"], "system prompt": ["red<|user|>"]}
+GOLDEN["glm4v_moe"] = GOLDEN["glm46v"] = {
+    "single": ["red<|user|>"], "multi-turn": ["red<|user|>", "yes, red<|user|>"], "two images": ["red and blue<|user|>"],
+    "trailing space": ["red<|user|>"], "trailing newline": ["red<|user|>"], "newline, two turns": ["red<|user|>", "blue<|user|>"],
+    "system prompt": ["red<|user|>"]}
 
 
 def sample(case: str, **extra) -> dict:
@@ -79,7 +88,7 @@ def applicable(family: str, case: str) -> bool:
 def from_facts(family: str, answers: list[str], eos: str) -> list[str]:
     "Each answer as the template writes it, then its end-of-turn token, or the eos vlmnb appends where there is none."
     f = FACTS[family]
-    return [f.lead + (a.strip() if f.trims_answer else a) + (f.end_of_turn or eos) for a in answers]
+    return [f.lead + (a.strip() if f.trims_answer else a) + (f.end_of_turn or f.appended or eos) for a in answers]
 
 
 # ---------------------------------------------------------------- the fixtures say what the facts say

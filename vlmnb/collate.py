@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64, html, itertools, math
 from collections import Counter
 from dataclasses import dataclass, field, asdict
+from functools import lru_cache
 from typing import Literal
 
 import jinja2
@@ -24,11 +25,11 @@ from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
 __all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
-           'answer_end_at', 'answer_spans', 'assistant_spans', 'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids',
-           'make_labels', 'paligemma_parts', 'template_end_of_turn', 'Rendered', 'render_for_training', 'VLMCollator',
-           'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport',
-           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
-           'view_sample', 'inspect_samples']
+           'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'span_mask', 'bos_kwargs',
+           'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered', 'render_for_training',
+           'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow',
+           'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html',
+           'SampleView', 'view_sample', 'inspect_samples']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -38,10 +39,26 @@ class CollateError(ValueError):
         self.kind = kind  # how reports file it: 'tokenize', or 'template' for a sample the chat template refuses
 
 TEMPLATE_KWARGS = {"enable_thinking": False}  # vlmnb trains and prompts answers without reasoning (Qwen3.5's empty think block)
+_REPR_PROBE = [{"role": r, "content": [{"type": "text", "text": f"vlmnb-probe-{r}"}]} for r in ("system", "user", "assistant")]
+
+@lru_cache(maxsize=64)
+def _repr_roles(template: str | None, processor) -> frozenset:
+    "Roles whose list content `template` writes as a Python repr (GLM-4.1V's assistant and system turns): vlmnb renders them as strings."
+    try: text = processor.apply_chat_template(_REPR_PROBE, tokenize=False)
+    except Exception: return frozenset()
+    return frozenset(m["role"] for m in _REPR_PROBE if repr(m["content"][0]) in text)
+
+def _as_strings(processor, messages: list[dict]) -> list[dict]:
+    "`messages` with the text-only list content of those roles joined into a string, where the template needs it."
+    roles = _repr_roles(getattr(processor, "chat_template", None), processor)
+    if not roles: return messages
+    flat = lambda c: "".join(it["text"] for it in c) if isinstance(c, list) and all(it.get("type") == "text" for it in c) else c
+    return [{**m, "content": flat(m["content"])} if m["role"] in roles else m for m in messages]
 
 def render(processor, messages: list[dict], generation_prompt: bool = False, index: int = 0) -> str:
     "The chat template's text for `messages` (non-thinking mode); a template that refuses them raises a `CollateError` naming sample `index`."
     if not messages: return ""
+    messages = _as_strings(processor, messages)
     try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **TEMPLATE_KWARGS)
     except jinja2.TemplateError as e:
         raise CollateError(f"sample {index}: the chat template refused it ({str(e).rstrip('.')}). Rewrite the sample in a form the checkpoint's "
@@ -101,6 +118,27 @@ def assistant_spans(processor, messages: list[dict], index: int = 0) -> list[tup
     text, spans = answer_spans(processor, messages, index)
     specials, end = special_strings(processor.tokenizer), template_end_of_turn(processor)
     return [(a, answer_end_at(text, b, specials, end)) for a, b in spans]
+
+# %% ../nbs/02_collate.ipynb #42be7808
+_PROBE = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+          {"role": "user", "content": [{"type": "text", "text": "And now?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "no"}]}]
+
+def template_end_of_turn(processor) -> str | None:
+    "The special token the chat template writes right after every assistant answer, or None when it writes none."
+    as_strings = [{**m, "content": m["content"][0]["text"]} for m in _PROBE]
+    why = ""
+    for probe in (_PROBE, as_strings):  # content as a list of items, else as plain strings
+        try: text, spans = answer_spans(processor, probe)
+        except (CollateError, ValueError, TypeError) as e: why = str(e); continue  # e.g. no chat template at all
+        specials = special_strings(processor.tokenizer)
+        chains = [special_chain_at(text, b, specials) for _, b in spans]  # e.g. Aya's <|END_RESPONSE|><|END_OF_TURN_TOKEN|>
+        common = []
+        for toks in zip(*chains):  # what follows every answer (the last one too): never the next turn's opening
+            if len(set(toks)) > 1: break
+            common.append(toks[0])
+        return "".join(common) or None
+    raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
+                       "it ends answers with a special token: give the processor a chat template, or set append_eos.")
 
 # %% ../nbs/02_collate.ipynb #583c2a00
 def _shift(spans, replacements) -> list[tuple[int, int]]:
@@ -167,27 +205,6 @@ def paligemma_parts(messages: list[dict]) -> tuple[str, str]:
     images_first = "<image>" * sum(p.count("<image>") for p in prefix)
     return images_first + "\n".join(p.replace("<image>", "") for p in prefix).strip(), " ".join(_text_pieces(messages[last])).strip()
 
-# %% ../nbs/02_collate.ipynb #42be7808
-_PROBE = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
-          {"role": "user", "content": [{"type": "text", "text": "And now?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "no"}]}]
-
-def template_end_of_turn(processor) -> str | None:
-    "The special token the chat template writes right after every assistant answer, or None when it writes none."
-    as_strings = [{**m, "content": m["content"][0]["text"]} for m in _PROBE]
-    why = ""
-    for probe in (_PROBE, as_strings):  # content as a list of items, else as plain strings
-        try: text, spans = answer_spans(processor, probe)
-        except (CollateError, ValueError, TypeError) as e: why = str(e); continue  # e.g. no chat template at all
-        specials = special_strings(processor.tokenizer)
-        chains = [special_chain_at(text, b, specials) for _, b in spans]  # e.g. Aya's <|END_RESPONSE|><|END_OF_TURN_TOKEN|>
-        common = []
-        for toks in zip(*chains):  # what follows every answer (the last one too): never the next turn's opening
-            if len(set(toks)) > 1: break
-            common.append(toks[0])
-        return "".join(common) or None
-    raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
-                       "it ends answers with a special token: give the processor a chat template, or set append_eos.")
-
 # %% ../nbs/02_collate.ipynb #dc6fff7c
 @dataclass
 class Rendered:
@@ -233,13 +250,14 @@ class VLMCollator:
         self.end_of_turn = tok.eos_token if self.arch.model_type == "paligemma" else template_end_of_turn(self.processor)
         self.eos_appended = self.arch.model_type != "paligemma" and (
             self.append_eos if self.append_eos is not None else self.end_of_turn is None)
-        if self.eos_appended and not tok.eos_token:
+        self.stop_token = self.arch.stop_token or tok.eos_token  # what is appended: eos, or the family's own (GLM: <|user|>)
+        if self.eos_appended and not self.stop_token:
             raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
                              "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
-        return render_for_training(self.processor, messages, index, self.processor.tokenizer.eos_token if self.eos_appended else None,
+        return render_for_training(self.processor, messages, index, self.stop_token if self.eos_appended else None,
                                    self.end_of_turn)
 
 # %% ../nbs/02_collate.ipynb #72c21a5a
@@ -247,6 +265,10 @@ class VLMCollator:
 def stop_note(self: VLMCollator) -> str:
     "How the model learns to stop, in words for reports."
     eos = self.processor.tokenizer.eos_token
+    if self.eos_appended and self.end_of_turn is None and self.stop_token != eos:
+        return (f"the chat template ends no answer with a special token, so vlmnb appends {self.stop_token} (the token that "
+                f"starts the next turn, on which {self.arch.name} stops) after each answer that it does not already precede, "
+                "with a label (append_eos: false turns this off)")
     if self.eos_appended and self.end_of_turn is None:
         return (f"the chat template ends no answer with a special token, so vlmnb appends {eos} (eos) after each answer, "
                 "with a label (append_eos: false turns this off)")

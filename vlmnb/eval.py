@@ -23,10 +23,11 @@ __all__ = ['METRICS', 'CORPUS_METRICS', 'end_of_turn_ids', 'prompt_of', 'referen
            'select_rows', 'browse_errors', 'GenerationEval']
 
 # %% ../nbs/05_eval.ipynb #0ff21285
-def end_of_turn_ids(processor) -> list[int]:
-    "Token ids that end an assistant turn: the one the chat template writes after an answer (see collate), and eos."
+def end_of_turn_ids(processor, arch: Arch | None = None) -> list[int]:
+    "Token ids that end an assistant turn: the one the chat template writes after an answer (see collate), the family's stop token, and eos."
     tok = processor.tokenizer
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    if arch is not None and arch.stop_token: ids.add(tok.convert_tokens_to_ids(arch.stop_token))
     try: end = template_end_of_turn(processor)
     except CollateError: end = None
     if end: ids.update(tok(end, add_special_tokens=False)["input_ids"])  # one token, or a chain (Aya: <|END_RESPONSE|><|END_OF_TURN_TOKEN|>)
@@ -49,7 +50,7 @@ def reference_of(messages: list[dict]) -> str:
 def generate_answers(model, processor, samples: list[dict], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
     "Greedy answers to each sample's last question, batched with left padding."
     arch = arch_of(model.config if hasattr(model, "config") else model.get_base_model().config)
-    stop, answers, was_training = end_of_turn_ids(processor), [], model.training
+    stop, answers, was_training = end_of_turn_ids(processor, arch), [], model.training
     model.eval()
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]

@@ -75,7 +75,8 @@ def _use_snippet(run: RunFolder, folder: Path, merged: bool) -> list[str]:
             f'processor = AutoProcessor.from_pretrained("{path}")',
             'image = Image.new("RGB", (224, 224), "red")  # your picture: Image.open("photo.jpg")',
             'messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What colour is the image?"}]}]',
-            "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors=\"pt\")",
+            "# enable_thinking=False: vlmnb trains with thinking off (templates without the switch ignore it)",
+            "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=True, return_dict=True, return_tensors=\"pt\")",
             "out = model.generate(**inputs, max_new_tokens=32, do_sample=False)",
             'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```"]
 

@@ -45,11 +45,13 @@ class Arch:
     needs_torchvision: bool = False    # unusable without torchvision
     caveats: str = ""                  # what a user must know
     lora_target_override: str = ""     # the family's own default-target regex after `<language model>.layers.N.` (hybrid or MoE layers)
+    stop_token: str = ""               # appended (with a label) where the template ends an answer with no special token; default eos
 
     @property
     def lora_target(self) -> str:
         "Default LoRA target: attention and MLP projections of the language model's decoder layers."
-        inner = self.lora_target_override or r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+        inner = self.lora_target_override or (r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|"
+                                              r"mlp\.(shared_experts\.)?(gate_proj|up_proj|gate_up_proj|down_proj))")
         return rf"{re.escape(self.language_model)}\.layers\.\d+\." + inner
 
 # %% ../nbs/01_load.ipynb #37b9bba6
@@ -58,6 +60,13 @@ _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
 _LLAVA = dict(language_model="model.language_model", vision_tower="model.vision_tower", projector="model.multi_modal_projector")
 _QWEN = dict(language_model="model.language_model", vision_tower="model.visual", projector="model.visual.merger",
              image_token="<|image_pad|>", vision_tokens=_QWEN_VISION)
+_GLM_VISION = ("<|begin_of_image|>", "<|end_of_image|>", "<|video|>", "<|begin_of_video|>", "<|end_of_video|>")
+_GLM_CAVEATS = ("3D (M-RoPE) positions come from `image_grid_thw` and `mm_token_type_ids`, which the processor returns and the "
+                "collator keeps. The chat template writes no token after the last answer: vlmnb appends `<|user|>` (GLM's own "
+                "fine-tuning recipe labels it; generation stops on it). The real template writes list content of assistant and "
+                "system turns as a Python repr: vlmnb renders text-only turns as plain strings for it.")
+_GLM = dict(language_model="model.language_model", vision_tower="model.visual", projector="model.visual.merger",
+            projector_extra=("model.visual.downsample",), image_token="<|image|>", vision_tokens=_GLM_VISION, stop_token="<|user|>")
 _IDEFICS = dict(language_model="model.text_model", vision_tower="model.vision_model", projector="model.connector",
                 image_token="<image>", vision_tokens=("<fake_token_around_image>", "<global-img>") + _ROWCOL)
 
@@ -139,6 +148,16 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
                  "repos are `internvl_chat`. Each image is cut into up to `max_patches` (12) square tiles plus a thumbnail, 256 "
                  "tokens each, so one image can cost 3,328 tokens: lower `processor.image_processor.max_patches` to fit. The "
                  "template writes no default system prompt (the original chat() format had one)."),
+    Arch("glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration", **_GLM, example="zai-org/GLM-4.1V-9B-Thinking",
+         processor_class="Glm4vProcessor", caveats=_GLM_CAVEATS + " The Thinking checkpoint answers as `<think>..</think><answer>..</answer>`; "
+         "plain answers fine-tune it to answer directly. Its text MLP is one fused `gate_up_proj`."),
+    Arch("glm4v_moe", "GLM-4.5V", "Glm4vMoeForConditionalGeneration", **_GLM, example="zai-org/GLM-4.5V",
+         processor_class="Glm4vProcessor", caveats=_GLM_CAVEATS + " Mixture of experts: the routed experts are fused 3D parameters, "
+         "not Linear layers, so LoRA adapts attention, the dense first layer's MLP and the shared experts only (the LoRA report says so). "
+         "The template writes an empty `<think></think>` before each earlier answer and trims answers."),
+    Arch("glm46v", "GLM-4.6V", "Glm46VForConditionalGeneration", **_GLM, example="zai-org/GLM-4.6V",
+         processor_class="Glm46VProcessor", caveats=_GLM_CAVEATS + " Its language model is whatever `text_config` names (GLM-4.6V: "
+         "the GLM-4.5V MoE text model, so the same LoRA limits apply; GLM-4.6V-Flash is a `glm4v` checkpoint)."),
 ]}
 
 # %% ../nbs/01_load.ipynb #fd95a53c
@@ -219,6 +238,7 @@ _MORE_FAMILY_TOKENS = (  # chat markers of families added later: after the rest,
     "<|SYSTEM_TOKEN|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>",  # Cohere (Aya Vision)
     "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>", "<|audio|>", "<|audio>", "<audio|>",  # Gemma 4
     "<think>", "</think>",  # Qwen3.5
+    "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",  # GLM-4.xV
 )
 
 def special_tokens() -> list[str]:
@@ -278,6 +298,8 @@ _TOKEN_ROLES = {  # bos, eos, pad, and the named tokens each processor reads fro
                                                        "end_image_token": "</img>", "video_token": "<video>"}),
 }
 _TOKEN_ROLES["qwen2_5_vl"] = _TOKEN_ROLES["qwen3_vl"] = _TOKEN_ROLES["qwen3_5"] = _TOKEN_ROLES["qwen3_5_moe"] = _TOKEN_ROLES["qwen2_vl"]
+_TOKEN_ROLES["glm4v"] = _TOKEN_ROLES["glm4v_moe"] = _TOKEN_ROLES["glm46v"] = (  # no bos: the template writes [gMASK]<sop>
+    None, "<|endoftext|>", "<|endoftext|>", {"image_token": "<|image|>", "video_token": "<|video|>"})
 
 def tiny_tokenizer(model_type: str) -> PreTrainedTokenizerFast:
     "The shipped tiny tokenizer, with the special-token roles of `model_type`."
@@ -383,6 +405,17 @@ def _qwen3_5_template():  # ChatML, every content trimmed; `<think>\n\n</think>\
             + "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}<think>{{ '\\n' }}"
             "{% if enable_thinking is defined and enable_thinking is false %}{{ '\\n' }}</think>{{ '\\n\\n' }}{% endif %}{% endif %}")
+_GLM4V_TEMPLATE = (  # [gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Q<|assistant|>\nA (the next <|user|> ends it)
+    "{{ '[gMASK]<sop>' }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' }}" + _text_of() +
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' }}" + _user_content("<|begin_of_image|><|image|><|end_of_image|>") +
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' }}{% generation %}" + _text_of() + "{% endgeneration %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+
+_GLM45V_TEMPLATE = (  # as GLM-4.1V, but each answer after an empty think block, trimmed: <|assistant|>\n<think></think>\nA
+    "{{ '[gMASK]<sop>' }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' }}" + _text_of() +
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' }}" + _user_content("<|begin_of_image|><|image|><|end_of_image|>") +
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n<think></think>\\n' }}{% generation %}" + _text_of(trim=True) +
+    "{% endgeneration %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
 
 CHAT_TEMPLATES = {"llava": _LLAVA_TEMPLATE, "llava_next": _LLAVA_NEXT_TEMPLATE, "idefics3": _idefics("<|begin_of_text|>"),
                   "smolvlm": _idefics("<|im_start|>"), "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True),
@@ -391,7 +424,8 @@ CHAT_TEMPLATES = {"llava": _LLAVA_TEMPLATE, "llava_next": _LLAVA_NEXT_TEMPLATE, 
                   "aya_vision": _aya(),
                   "gemma4": _GEMMA4_TEMPLATE,
                   "qwen3_5": _qwen3_5_template(), "qwen3_5_moe": _qwen3_5_template(),
-                  "internvl": _chatml(False, "<IMG_CONTEXT>\n")}  # InternVL's processor expands each <IMG_CONTEXT> to <img>, its tiles' tokens, </img>
+                  "internvl": _chatml(False, "<IMG_CONTEXT>\n"),  # InternVL's processor expands each <IMG_CONTEXT> to <img>, its tiles' tokens, </img>
+                  "glm4v": _GLM4V_TEMPLATE, "glm4v_moe": _GLM45V_TEMPLATE, "glm46v": _GLM45V_TEMPLATE}
 
 # %% ../nbs/01_load.ipynb #a02beb64
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -541,6 +575,24 @@ def _internvl(tok, t: str):
     ip = T.GotOcr2ImageProcessorPil(size={"height": 64, "width": 64}, crop_to_patches=True, min_patches=1, max_patches=4,
                                     image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     return cfg, image_only(T.InternVLProcessor)(ip, tok, image_seq_length=16, chat_template=CHAT_TEMPLATES[t])
+def _glm4v(tok, t: str):
+    "GLM-4.1V (dense), GLM-4.5V (MoE text model) and GLM-4.6V (a glm46v shell around either text model)."
+    T = transformers
+    ids = _ids(tok, image_token_id="<|image|>", video_token_id="<|video|>", image_start_token_id="<|begin_of_image|>",
+               image_end_token_id="<|end_of_image|>", video_start_token_id="<|begin_of_video|>", video_end_token_id="<|end_of_video|>")
+    vis = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, image_size=32, patch_size=8,
+               spatial_merge_size=2, temporal_patch_size=2)
+    text = _text_config(tok, bos_token_id=None, head_dim=16, attention_bias=True,
+                        rope_parameters={**_QWEN_ROPE, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 2]})
+    if t == "glm4v": cfg, proc = T.Glm4vConfig(text_config=text, vision_config=vis, **ids), T.Glm4vProcessor
+    else:
+        moe = dict(text, model_type="glm4v_moe_text", moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1,
+                   num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1)
+        if t == "glm4v_moe": cfg, proc = T.Glm4vMoeConfig(text_config=moe, vision_config=vis, **ids), T.Glm4vProcessor
+        else: cfg, proc = T.Glm46VConfig(text_config=moe, vision_config=dict(vis, model_type="glm4v_vision"), **ids), T.Glm46VProcessor
+    ip = T.Glm4vImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                  size={"shortest_edge": 2 * 16 * 16, "longest_edge": 2 * 64 * 64})  # pixels x 2 frames
+    return cfg, image_only(proc)(ip, tok, chat_template=CHAT_TEMPLATES[t])
 
 # %% ../nbs/01_load.ipynb #d7e0cf3b
 _BUILDERS = {"llava": _llava, "llava_next": _llava, "idefics3": _idefics3, "smolvlm": _idefics3, "qwen2_vl": _qwen,
@@ -549,7 +601,8 @@ _BUILDERS = {"llava": _llava, "llava_next": _llava, "idefics3": _idefics3, "smol
              "aya_vision": _aya_vision,
              "gemma4": _gemma4,
              "qwen3_5": _qwen3_5, "qwen3_5_moe": _qwen3_5,
-             "internvl": _internvl}
+             "internvl": _internvl,
+             "glm4v": _glm4v, "glm4v_moe": _glm4v, "glm46v": _glm4v}
 TINY_ARCHS = tuple(_BUILDERS)
 
 def _check_arch(model_type: str) -> Arch:
@@ -848,6 +901,16 @@ PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.j
         vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=448,
                            patch_size=14, attention_bias=True, use_qk_norm=False, norm_type="layer_norm", layer_scale_init_value=0.1),
         image_seq_length=256, downsample_ratio=0.5, tie_word_embeddings=False), dict(image_size=448, image_seq_length=256, max_patches=12)),
+    # zai-org/GLM-4.1V-9B-Thinking config.json, as mirrored by Blaizzy/mlx-vlm (mlx_vlm/models/glm4v/config.py) and transformers'
+    # Glm4vConfig defaults (documented against that checkpoint); processor size from vllm's GLM-4.1V example
+    "glm-4.1v-9b": ("glm4v", dict(
+        text_config=dict(initializer_range=0.02, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40, num_attention_heads=32,
+                         num_key_value_heads=2, vocab_size=151552, max_position_embeddings=65536, attention_bias=True, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                          "mrope_section": [8, 12, 12]}),
+        vision_config=dict(depth=24, hidden_size=1536, intermediate_size=13696, num_heads=12, out_hidden_size=4096, image_size=336,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, rms_norm_eps=1e-5), tie_word_embeddings=False),
+        dict(patch_size=14, size={"shortest_edge": 12544, "longest_edge": 47040000})),
 }
 
 # %% ../nbs/01_load.ipynb #186da796
@@ -891,6 +954,9 @@ def _preset_processor(processor, model_type: str, proc_kw: dict):
     if model_type == "internvl":
         ip, s = processor.image_processor, proc_kw["image_size"]
         ip.size, ip.max_patches, processor.image_seq_length = {"height": s, "width": s}, proc_kw["max_patches"], proc_kw["image_seq_length"]
+    if model_type in ("glm4v", "glm4v_moe", "glm46v"):
+        ip = processor.image_processor
+        ip.patch_size, ip.size = proc_kw["patch_size"], dict(proc_kw["size"])  # GLM's min/max pixels (x 2 frames)
     return processor
 
 # %% ../nbs/01_load.ipynb #abd3b6c4

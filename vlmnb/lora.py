@@ -176,6 +176,18 @@ def extra_trainable(model, spec: LoraSpec) -> list[str]:
     return [n for n, _ in model.named_parameters() if _GATE.search(n)]
 
 # %% ../nbs/03_lora.ipynb #ad3ce37c
+from contextlib import contextmanager
+
+@contextmanager
+def _exact_names():
+    "PEFT reads `gate_proj`/`up_proj`/`down_proj` in MoE models with a v4-to-v5 weight conversion (GLM-4.5V) as the v4 names of "
+    "the fused experts and retargets them; vlmnb's targets are exact names of the v5 model, so that conversion is switched off."
+    import peft.utils.transformers_weight_conversion as conv
+    before = conv.convert_peft_config_for_transformers
+    conv.convert_peft_config_for_transformers = lambda *a, **k: None
+    try: yield
+    finally: conv.convert_peft_config_for_transformers = before
+
 def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool = False,
                gradient_checkpointing_kwargs: dict | None = None) -> PeftModel:
     "Wrap `model` with the adapters of `spec` (QLoRA preparation for 4/8-bit models)."
@@ -191,7 +203,7 @@ def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool
         model.enable_input_require_grads()
     with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, config)
+        with _exact_names(): peft_model = get_peft_model(model, config)
     for name, p in peft_model.named_parameters():
         if any(name.endswith(e) for e in extra_trainable(model, spec)): p.requires_grad_(True)
     peft_model.vlmnb_spec = spec
@@ -224,7 +236,7 @@ def load_lora(base_model, folder: str | Path, is_trainable: bool = False) -> Pef
     "Load the adapter in `folder` onto `base_model`, with its extra parameters."
     with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(base_model, Path(folder), is_trainable=is_trainable)
+        with _exact_names(): model = PeftModel.from_pretrained(base_model, Path(folder), is_trainable=is_trainable)
     load_extra(model, folder, is_trainable)
     return model
 
@@ -270,19 +282,19 @@ def lora_report(peft_model: PeftModel) -> LoraReport:
     for n, m in base.named_modules():
         if type(m).__name__ == "ModulesToSaveWrapper":
             r = rows[component_of(n, arch)]; r["full"] += 1; r["example"] = r["example"] or f"`{n}` (full)"
-    return LoraReport(arch.name, [r for r in rows.values() if r["parameters"]], adapted, _fused_expert_notes(base))
+    return LoraReport(arch.name, [r for r in rows.values() if r["parameters"]], adapted, _fused_expert_notes(base, arch))
 
-def _fused_expert_notes(model) -> list[str]:
-    "A line on MoE expert weights held as fused 3-D parameters, which LoRA on Linear layers cannot adapt, when they stay frozen."
-    experts = [(n, m) for n, m in model.named_modules() if type(m).__name__.endswith("Experts")
-               and any(p.ndim == 3 for p in m.parameters(recurse=False))]
-    frozen = [(n, p) for n, m in experts for p in m.parameters(recurse=False) if p.ndim == 3 and not p.requires_grad]
+def _fused_expert_notes(base, arch) -> list[str]:
+    "A line on the language model's MoE experts held as fused 3-D parameters (not Linear layers), when they stay frozen."
+    experts = [(n, m) for n, m in base.named_modules() if component_of(n, arch) == "language model"
+               and type(m).__name__.endswith("Experts") and any(p.ndim == 3 for p in m.parameters(recurse=False))]
+    frozen = [(n, m) for n, m in experts if not any(p.requires_grad for p in m.parameters(recurse=False))]
     if not frozen: return []
-    size = sum(p.numel() * (2 if hasattr(p, "quant_state") else 1) for _, p in frozen)
-    names = sorted({n2.rsplit(".", 1)[-1] for n, m in experts for n2, p in m.named_parameters() if p.ndim == 3})
-    return [f"The routed experts of {len(experts)} MoE layers ({size:,} parameters in fused 3-D tensors: "
-            f"`{experts[0][0]}.{{{','.join(names)}}}`) stay frozen: they are not Linear layers, so LoRA cannot adapt them "
-            "(the shared expert, attention and linear attention are adapted). PEFT's `target_parameters` can reach them; vlmnb does not."]
+    size = sum(p.numel() * (2 if hasattr(p, "quant_state") else 1) for _, m in frozen for p in m.parameters(recurse=False))
+    names = sorted({n2 for _, m in frozen for n2, p in m.named_parameters(recurse=False) if p.ndim == 3})
+    return [f"The routed experts of {len(frozen)} MoE layers ({size:,} parameters in fused 3D tensors: "
+            f"`{frozen[0][0]}.{{{','.join(names)}}}`) stay frozen: they are not Linear layers, so LoRA cannot adapt them "
+            "(attention, linear attention, dense MLPs and shared experts are adapted). PEFT's `target_parameters` can reach them; vlmnb does not."]
 
 # %% ../nbs/03_lora.ipynb #fbefe157
 _SHADE = {"frozen": "#e5e7eb", "LoRA": "#93c5fd", "full": "#86efac"}
