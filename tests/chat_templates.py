@@ -22,6 +22,7 @@ same text for the golden cases (checked by rendering both side by side), not cop
 | internvl | OpenGVLab/InternVL3-1B-hf | `<|im_start|>assistant\\n` + text | no | `<|im_end|>` then `\\n` | `system` turn, no default (the HF template; the original remote-code chat() and LLaMA-Factory's `intern_vl` add a Chinese one) | `<IMG_CONTEXT>\\n` per image, in place (the processor expands it to `<img>`, 256 per tile, `</img>`) | none (Qwen2 tokenizer, no bos) |
 | glm4v | zai-org/GLM-4.1V-9B-Thinking | `<|assistant|>\\n` + content as written (a list is written as its Python repr) | no | nothing: the next turn's `<|user|>`, or the end of the text (vlmnb appends `<|user|>`) | `<|system|>\\n` + content (a list as its repr), no default | `<|begin_of_image|><|image|><|end_of_image|>` in place, no separator | template writes `[gMASK]<sop>`; no bos token |
 | glm4v_moe, glm46v | zai-org/GLM-4.5V, zai-org/GLM-4.6V | `<|assistant|>\\n<think></think>\\n` + text, trimmed (an earlier `<think>..</think>` in the text is moved into the think block) | yes | as GLM-4.1V | `<|system|>\\n` + its text items, no default | as GLM-4.1V | as GLM-4.1V |
+| llava_onevision | llava-hf/llava-onevision-qwen2-0.5b-ov-hf | `<|im_start|>assistant\\n` + text items joined (in `{% generation %}`) | no | `<|im_end|>` then `\\n` | `system` turn, no default | every `<image>\\n` first (then `<video>\\n`), then the text items | none |
 | mistral3 (online only) | mistralai/Mistral-Small-3.1-24B-Instruct-2503 | `[/INST]` + first text item | no | `</s>` (the template writes eos_token) | `[SYSTEM_PROMPT]`..`[/SYSTEM_PROMPT]`; a long default with today's date | `[IMG]` in place | template writes `<s>`; the tokenizer adds it too |
 
 Refusals (`raise_exception`): mllama, a system prompt in a conversation with an image ("Prompting with images is
@@ -42,9 +43,9 @@ GLM-4.1V: only user turns are read item by item; a system or assistant turn give
 Python repr of the list (vlmnb renders text-only turns as strings for such templates, see `render`). GLM's own fine-tuning
 scripts label the `<|user|>` after every answer and append one after the last (it is among the checkpoints' stop ids,
 with `<|endoftext|>` and `<|observation|>`); vlmnb does the same through the registry's `stop_token`.
-InternVL refuses nothing; its template also writes `<video>\\n` for video items.
+llava_onevision refuses nothing. InternVL refuses nothing; its template also writes `<video>\\n` for video items.
 String content: the GLM, Qwen, InternVL, Aya Vision, Gemma 3, Gemma 4, Mllama and Mistral 3 templates accept `content` as a plain string; llava, Idefics2,
-Idefics3 and SmolVLM iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
+Idefics3, SmolVLM and LLaVA-OneVision iterate it as a list of items, so a plain string renders as nothing; llava_next indexes
 `content[0]['text']`, which fails on a string. Quirks of the real templates kept here: Mllama takes the system prompt
 as `content | trim`, so list content (vlmnb's canonical form) is written as the Python repr of the list; Qwen3-VL
 keeps only the text items of a system prompt; Mistral 3 reads a system prompt as `content[0]['text']` even when it is a
@@ -115,6 +116,12 @@ Sources (repository: path):
   `</think>`, suffix `<|user|>`); the GLM-V family template (`visible_text` macro, `\\n<think></think>` before earlier
   answers, `'\\n' + content.strip()`, `/nothink` with enable_thinking=False) as mirrored in public test code for GLM-OCR
   and GLM-4.5; not checked against the GLM-4.5V repository itself (run the online test).
+- LLaVA-OneVision: huggingface/transformers: src/transformers/models/llava_onevision/convert_llava_onevision_weights_to_hf.py
+  (the template the llava-hf checkpoints were saved with; its JSON form is 824 bytes, the size of the Hub's
+  chat_template.json); rogeherlor/ML_projects: LLaVA-Onevision/model/2_single_image_inference.py (a decoded
+  llava-onevision-qwen2-7b-ov-hf prompt, `user\\n\\nWhat is shown in this image?\\nassistant\\n`: `<image>` then a newline);
+  the Qwen2 tokenizer has no bos and ends turns with `<|im_end|>`. (transformers' tests/models/llava_onevision/
+  test_processing_llava_onevision.py uses a different, test-only template: role + space, no newline after `<|im_end|>`.)
 """
 from __future__ import annotations
 import copy
@@ -292,11 +299,20 @@ GLM45V = (  # as GLM4V, list content read item by item everywhere; every answer 
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% if enable_thinking is defined and not enable_thinking %}"
     "{{ '<think></think>\n' }}{% endif %}{% endif %}")
 
+LLAVA_ONEVISION = (  # ChatML turns with no default system; in a turn every image as <image> and a newline, then its texts
+    "{% for m in messages %}{{ '<|im_start|>' ~ m['role'] ~ '\n' }}"
+    "{% for c in m['content'] if c['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'video' %}{{ '<video>\n' }}{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ c['text'] }}{% endgeneration %}{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
 TEMPLATES = {"llava": LLAVA_15, "llava_next": LLAVA_NEXT, "idefics3": _idefics("<|begin_of_text|>"), "smolvlm": _idefics("<|im_start|>"),
              "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True), "qwen3_vl": _chatml(False), "gemma3": GEMMA3, "mllama": MLLAMA,
              "idefics2": IDEFICS2, "aya_vision": AYA_VISION, "gemma4": GEMMA4, "qwen3_5": QWEN3_5, "qwen3_5_moe": QWEN3_5,
              "internvl": INTERNVL,
-             "glm4v": GLM4V, "glm4v_moe": GLM45V, "glm46v": GLM45V}
+             "glm4v": GLM4V, "glm4v_moe": GLM45V, "glm46v": GLM45V,
+             "llava_onevision": LLAVA_ONEVISION}
 
 _QWEN3_5_REFUSES = "a conversation without a user turn; a system prompt that is not first; an image in a system prompt"
 _MISTRAL_SYSTEM = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI"  # the default's opening words
@@ -324,6 +340,7 @@ FACTS = {  # example, lead, trims, end of turn, system, string content, bos, tok
     "glm4v": Facts("zai-org/GLM-4.1V-9B-Thinking", "", False, None, True, True, None, False, False, appended="<|user|>"),
     "glm4v_moe": Facts("zai-org/GLM-4.5V", "", True, None, True, True, None, False, False, appended="<|user|>"),
     "glm46v": Facts("zai-org/GLM-4.6V", "", True, None, True, True, None, False, False, appended="<|user|>"),
+    "llava_onevision": Facts("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "", False, "<|im_end|>", True, False, None, False, False),
     "mistral3": Facts("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "", False, "</s>", True, True, "<s>", True, True,
                       default_system=_MISTRAL_SYSTEM, refuses="a role other than system, user and assistant; content items other than text and image"),
     "aya_vision": Facts("CohereLabs/aya-vision-8b", "", False, "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", True, True, "<BOS_TOKEN>",

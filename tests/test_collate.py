@@ -17,7 +17,8 @@ END = {"llava": "</s>", "llava_next": "</s>", "idefics3": "<end_of_utterance>", 
        "mllama": "<|eot_id|>", "paligemma": "<eos>", "idefics2": "<end_of_utterance>",
        "aya_vision": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "gemma4": "<turn|>",
        "qwen3_5": "<|im_end|>", "qwen3_5_moe": "<|im_end|>", "internvl": "<|im_end|>",
-       "glm4v": "<|user|>", "glm4v_moe": "<|user|>", "glm46v": "<|user|>"}
+       "glm4v": "<|user|>", "glm4v_moe": "<|user|>", "glm46v": "<|user|>",
+       "llava_onevision": "<|im_end|>"}
 
 
 @pytest.fixture(scope="module")

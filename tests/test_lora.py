@@ -15,7 +15,7 @@ LINEAR_ATTN = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
 SIGLIP = (("encoder.layers", (0, 1), ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"), ("mlp.fc1", "mlp.fc2")),)
 VISION = {  # per family: (container, layer indices, attention suffixes, mlp suffixes) under the vision tower
     **{t: SIGLIP for t in ("llava", "llava_next", "idefics3", "smolvlm", "gemma3", "paligemma", "idefics2",
-                               "aya_vision")},
+                               "aya_vision", "llava_onevision")},
     "qwen2_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.fc1", "mlp.fc2")),),
     "qwen2_5_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),),
     "qwen3_vl": (("blocks", (0, 1), ("attn.qkv", "attn.proj"), ("mlp.linear_fc1", "mlp.linear_fc2")),),

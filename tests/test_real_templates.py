@@ -60,7 +60,7 @@ GOLDEN["aya_vision"] = {
     "trailing space": [f"red {_AYA_END}"], "trailing newline": [f"red\n{_AYA_END}"],
     "newline, two turns": [f"red\n{_AYA_END}", f"blue\n\n{_AYA_END}"], "system prompt": [f"red{_AYA_END}"]}
 GOLDEN["gemma4"] = {case: [r.replace("<end_of_turn>", "<turn|>") for r in runs] for case, runs in GOLDEN["gemma3"].items()}  # trimmed too
-GOLDEN["qwen2_5_vl"] = GOLDEN["qwen3_vl"] = GOLDEN["internvl"] = GOLDEN["qwen2_vl"]  # InternVL: the same chatml turns
+GOLDEN["qwen2_5_vl"] = GOLDEN["qwen3_vl"] = GOLDEN["internvl"] = GOLDEN["llava_onevision"] = GOLDEN["qwen2_vl"]  # InternVL: the same chatml turns
 GOLDEN["qwen3_5"] = GOLDEN["qwen3_5_moe"] = {  # trimmed like Gemma 3; the empty think block before the last answer carries no loss
     "single": ["red<|im_end|>"], "multi-turn": ["red<|im_end|>", "yes, red<|im_end|>"], "two images": ["red and blue<|im_end|>"],
     "trailing space": ["red<|im_end|>"], "trailing newline": ["red<|im_end|>"], "newline, two turns": ["red<|im_end|>", "blue<|im_end|>"],

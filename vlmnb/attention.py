@@ -106,6 +106,13 @@ def image_token_layout(model, processor, batch) -> tuple[np.ndarray, tuple[int, 
         side = math.isqrt(n)
         if side * side != n or (end - start) % n: raise ValueError(f"{end - start} image tokens are not whole tiles of {n}")
         return np.arange(end - n, end), (side, side)  # a lone tile is the whole image; with tiles, the last is the thumbnail
+    if arch.model_type == "llava_onevision":  # features: the base view (row-major), then anyres tiles with a newline per row
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        start, end = runs[0]
+        if cfg.vision_feature_select_strategy != "full" or end - start < side * side:  # "default" drops a SigLIP patch
+            raise ValueError(f"the first image's {end - start} tokens hold no {side}x{side} base view "
+                             f"(vision_feature_select_strategy={cfg.vision_feature_select_strategy!r})")
+        return np.arange(start, start + side * side), (side, side)
     if arch.model_type == "llava_next":
         n = cfg.image_seq_length
         start, _ = runs[0]

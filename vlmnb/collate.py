@@ -619,6 +619,8 @@ def view_sample(collator: VLMCollator, sample: dict, max_length: int | None = No
     table = token_table(collator, sample, batch)
     image_id = collator.processor.tokenizer.convert_tokens_to_ids(collator.arch.image_token)
     grid = patch_grid(batch, collator.arch, table, image_id) if sample.get("images") else None
+    if sample.get("images") and collator.arch.model_type == "llava_onevision":  # the base view's grid (tiles and row newlines follow it)
+        grid = (math.isqrt(collator.processor.num_image_tokens),) * 2
     return SampleView(sample.get("source_index", 0), table, list(sample.get("images") or []), grid, max_length,
                       collator.stop_note if collator.eos_appended else "")
 

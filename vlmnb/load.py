@@ -158,6 +158,13 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("glm46v", "GLM-4.6V", "Glm46VForConditionalGeneration", **_GLM, example="zai-org/GLM-4.6V",
          processor_class="Glm46VProcessor", caveats=_GLM_CAVEATS + " Its language model is whatever `text_config` names (GLM-4.6V: "
          "the GLM-4.5V MoE text model, so the same LoRA limits apply; GLM-4.6V-Flash is a `glm4v` checkpoint)."),
+    Arch("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", **_LLAVA, image_token="<image>",
+         vision_tokens=("<video>",), example="llava-hf/llava-onevision-qwen2-0.5b-ov-hf", processor_class="LlavaOnevisionProcessor",
+         caveats="`model.image_newline` is a trained parameter outside the projector (LoRA's projector switch leaves it frozen). "
+                 "anyres tiling: a sample's only image costs its base view plus tiles and one newline token per row (anyres_max_9: "
+                 "up to about 7,400 tokens in the real checkpoints), while each image of a multi-image sample is its base view "
+                 "plus one newline token. The Hub template writes no system prompt of its own (the original LLaVA-OneVision "
+                 "prompts used \"You are a helpful assistant.\"); videos need torchvision."),
 ]}
 
 # %% ../nbs/01_load.ipynb #fd95a53c
@@ -296,6 +303,7 @@ _TOKEN_ROLES = {  # bos, eos, pad, and the named tokens each processor reads fro
                                            "eoc_token": "<channel|>", "think_token": "<|think|>"}),
     "internvl": (None, "<|im_end|>", "<|endoftext|>", {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>",
                                                        "end_image_token": "</img>", "video_token": "<video>"}),
+    "llava_onevision": (None, "<|im_end|>", "<|endoftext|>", {"image_token": "<image>", "video_token": "<video>"}),
 }
 _TOKEN_ROLES["qwen2_5_vl"] = _TOKEN_ROLES["qwen3_vl"] = _TOKEN_ROLES["qwen3_5"] = _TOKEN_ROLES["qwen3_5_moe"] = _TOKEN_ROLES["qwen2_vl"]
 _TOKEN_ROLES["glm4v"] = _TOKEN_ROLES["glm4v_moe"] = _TOKEN_ROLES["glm46v"] = (  # no bos: the template writes [gMASK]<sop>
@@ -368,6 +376,12 @@ _MLLAMA_TEMPLATE = (  # <|begin_of_text|><|start_header_id|>user<|end_header_id|
     "{% else %}" + _user_content("<|image|>", trim=True) + "{{ '<|eot_id|>' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
+_LLAVA_ONEVISION_TEMPLATE = (  # <|im_start|>user\n<image>\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n: images first, no default system
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}{{ '\\n' }}"
+    "{% if message['role'] == 'assistant' %}" + _answer("<|im_end|>") + "{{ '\\n' }}"
+    "{% else %}" + _user_content("<image>\n", images_first=True) + "<|im_end|>{{ '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}")
+
 _PALIGEMMA_TEMPLATE = (  # <image>Q\nA<eos>: PaliGemma has no chat format; training uses the processor's suffix instead
     "{% for message in messages %}{% if message['role'] == 'user' %}" + _user_content("<image>", images_first=True) + "{{ '\\n' }}"
     "{% elif message['role'] == 'assistant' %}" + _answer("<eos>") + "{% endif %}{% endfor %}")
@@ -425,7 +439,8 @@ CHAT_TEMPLATES = {"llava": _LLAVA_TEMPLATE, "llava_next": _LLAVA_NEXT_TEMPLATE, 
                   "gemma4": _GEMMA4_TEMPLATE,
                   "qwen3_5": _qwen3_5_template(), "qwen3_5_moe": _qwen3_5_template(),
                   "internvl": _chatml(False, "<IMG_CONTEXT>\n"),  # InternVL's processor expands each <IMG_CONTEXT> to <img>, its tiles' tokens, </img>
-                  "glm4v": _GLM4V_TEMPLATE, "glm4v_moe": _GLM45V_TEMPLATE, "glm46v": _GLM45V_TEMPLATE}
+                  "glm4v": _GLM4V_TEMPLATE, "glm4v_moe": _GLM45V_TEMPLATE, "glm46v": _GLM45V_TEMPLATE,
+                  "llava_onevision": _LLAVA_ONEVISION_TEMPLATE}
 
 # %% ../nbs/01_load.ipynb #a02beb64
 _TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -593,6 +608,19 @@ def _glm4v(tok, t: str):
     ip = T.Glm4vImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                   size={"shortest_edge": 2 * 16 * 16, "longest_edge": 2 * 64 * 64})  # pixels x 2 frames
     return cfg, image_only(proc)(ip, tok, chat_template=CHAT_TEMPLATES[t])
+def _llava_onevision(tok, t: str):
+    "SigLIP 32 px / patch 8: a 4x4 base view (16 tokens), anyres tiles of 32 px, a learned newline per tile row."
+    T = transformers
+    pins = [[32, 32], [32, 64], [64, 32]]
+    cfg = T.LlavaOnevisionConfig(
+        vision_config=T.SiglipVisionConfig(**_VISION, image_size=32, patch_size=8, vision_use_head=False),
+        text_config=T.Qwen2Config(**_text_config(tok, bos_token_id=None)), image_grid_pinpoints=pins,
+        vision_feature_select_strategy="full", vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9",
+        **_ids(tok, image_token_index="<image>", video_token_index="<video>"))
+    ip = T.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=pins,
+                                           image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return cfg, image_only(T.LlavaOnevisionProcessor)(ip, tok, num_image_tokens=16, vision_feature_select_strategy="full",
+                                                      vision_aspect_ratio="anyres_max_9", chat_template=CHAT_TEMPLATES[t])
 
 # %% ../nbs/01_load.ipynb #d7e0cf3b
 _BUILDERS = {"llava": _llava, "llava_next": _llava, "idefics3": _idefics3, "smolvlm": _idefics3, "qwen2_vl": _qwen,
@@ -602,7 +630,8 @@ _BUILDERS = {"llava": _llava, "llava_next": _llava, "idefics3": _idefics3, "smol
              "gemma4": _gemma4,
              "qwen3_5": _qwen3_5, "qwen3_5_moe": _qwen3_5,
              "internvl": _internvl,
-             "glm4v": _glm4v, "glm4v_moe": _glm4v, "glm46v": _glm4v}
+             "glm4v": _glm4v, "glm4v_moe": _glm4v, "glm46v": _glm4v,
+             "llava_onevision": _llava_onevision}
 TINY_ARCHS = tuple(_BUILDERS)
 
 def _check_arch(model_type: str) -> Arch:
@@ -911,6 +940,15 @@ PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.j
         vision_config=dict(depth=24, hidden_size=1536, intermediate_size=13696, num_heads=12, out_hidden_size=4096, image_size=336,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, rms_norm_eps=1e-5), tie_word_embeddings=False),
         dict(patch_size=14, size={"shortest_edge": 12544, "longest_edge": 47040000})),
+    # llava-hf/llava-onevision-qwen2-0.5b-ov-hf: Qwen2-0.5B-Instruct's text config (vocab 151,936 + <image>, <video>, padded
+    # to 152,000), SigLIP-so400m at 384 px / patch 14 without its head (729 base tokens), the 36 anyres pinpoints up to 2304 px
+    "llava-onevision-0.5b": ("llava_onevision", dict(
+        text_config=dict(initializer_range=0.02, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=152000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16, image_size=384,
+                           patch_size=14), image_grid_pinpoints=[[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)],
+        tie_word_embeddings=True), dict(image_size=384, patch_size=14)),
 }
 
 # %% ../nbs/01_load.ipynb #186da796
@@ -941,6 +979,10 @@ def _preset_processor(processor, model_type: str, proc_kw: dict):
         ip = processor.image_processor
         ip.patch_size, ip.merge_size = proc_kw["patch_size"], 2
         ip.size = {"shortest_edge": 64 * 32 * 32, "longest_edge": 16384 * 32 * 32}
+    if model_type == "llava_onevision":  # the checkpoint's geometry: 384 px views, 27x27 = 729 base tokens, anyres_max_9 tiles
+        ip, s = processor.image_processor, proc_kw["image_size"]
+        ip.size, ip.image_grid_pinpoints = {"height": s, "width": s}, [[h, w] for h in range(s, 6 * s + 1, s) for w in range(s, 6 * s + 1, s)]
+        processor.num_image_tokens = (s // proc_kw["patch_size"]) ** 2
     if model_type == "qwen2_vl":
         ip = processor.image_processor
         ip.patch_size, ip.size = proc_kw["patch_size"], {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # Qwen2-VL's min/max_pixels
