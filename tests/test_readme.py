@@ -33,3 +33,10 @@ def test_readme_and_landing_page_list_every_notebook_and_command():
         inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
         for cmd in ([f"{name} {n}" for n in inner[0].choices] if inner else [name]):
             assert f"`vlmnb {cmd}" in text, f"README's command table lacks `vlmnb {cmd}`"
+
+
+def test_readme_lists_every_family_with_its_status():
+    from vlmnb.load import family_status
+    text = README.read_text().split("## Model families", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\| `([a-z0-9_]+)` \|[^|]*\|[^|]*\|([^|]*)\|$", text, re.M)}
+    assert rows == {r["model_type"]: r["status"] for r in family_status()}, "README's family table differs from family_status()"

@@ -55,11 +55,16 @@ def _as_strings(processor, messages: list[dict]) -> list[dict]:
     flat = lambda c: "".join(it["text"] for it in c) if isinstance(c, list) and all(it.get("type") == "text" for it in c) else c
     return [{**m, "content": flat(m["content"])} if m["role"] in roles else m for m in messages]
 
+def _template_kwargs(processor) -> dict:
+    "The switches of `TEMPLATE_KWARGS` the processor's template reads (others would be passed on to the processor, with a warning)."
+    template = str(getattr(processor, "chat_template", None) or "")
+    return {k: v for k, v in TEMPLATE_KWARGS.items() if k in template}
+
 def render(processor, messages: list[dict], generation_prompt: bool = False, index: int = 0) -> str:
     "The chat template's text for `messages` (non-thinking mode); a template that refuses them raises a `CollateError` naming sample `index`."
     if not messages: return ""
     messages = _as_strings(processor, messages)
-    try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **TEMPLATE_KWARGS)
+    try: return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **_template_kwargs(processor))
     except jinja2.TemplateError as e:
         raise CollateError(f"sample {index}: the chat template refused it ({str(e).rstrip('.')}). Rewrite the sample in a form the checkpoint's "
                            "template accepts, or leave it out (on_bad_data: skip drops it and reports it).", "template") from None

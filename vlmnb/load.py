@@ -21,10 +21,10 @@ from .compat import disable_cpu_repack, linear_4bit_layers, unpack_cpu_4bit
 
 # %% auto #0
 __all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'REFUSED', 'DTYPES',
-           'PRESETS', 'Arch', 'registry_table', 'image_only', 'has_torchvision', 'processor_class', 'special_tokens',
-           'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of',
-           'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds',
-           'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
+           'PRESETS', 'Arch', 'registry_table', 'family_status', 'image_only', 'has_torchvision', 'processor_class',
+           'special_tokens', 'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError',
+           'model_kind', 'arch_of', 'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model',
+           'linear_kinds', 'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
 
 # %% ../nbs/01_load.ipynb #0878d563
 @dataclass(frozen=True)
@@ -175,6 +175,14 @@ def registry_table(archs: dict[str, Arch] = ARCHS) -> str:
             for a in archs.values()]
     return ("| model_type | family | language model | vision tower | projector | image token | other vision tokens | caveats |\n"
             "|---|---|---|---|---|---|---:|---|\n" + "\n".join(rows))
+
+def family_status(archs: dict[str, Arch] = ARCHS) -> list[dict]:
+    "Every family vlmnb knows, with its status: supported (a tiny model in the zoo, tested), needs torchvision, or refused and why."
+    rows = [{"model_type": a.model_type, "family": a.name, "example": a.example,
+             "status": "needs torchvision (refused without it)" if a.needs_torchvision else "supported: tiny model, tests"}
+            for a in archs.values()]
+    return rows + [{"model_type": t, "family": name, "example": "", "status": f"refused: {why}"} for t, (name, why) in REFUSED.items()]
+
 
 # %% ../nbs/01_load.ipynb #4e8b933a
 import inspect
@@ -428,8 +436,10 @@ _GLM4V_TEMPLATE = (  # [gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of
 _GLM45V_TEMPLATE = (  # as GLM-4.1V, but each answer after an empty think block, trimmed: <|assistant|>\n<think></think>\nA
     "{{ '[gMASK]<sop>' }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' }}" + _text_of() +
     "{% elif message['role'] == 'user' %}{{ '<|user|>\\n' }}" + _user_content("<|begin_of_image|><|image|><|end_of_image|>") +
+    "{% if enable_thinking is defined and not enable_thinking %}/nothink{% endif %}"  # the real template's no-thinking switch
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n<think></think>\\n' }}{% generation %}" + _text_of(trim=True) +
-    "{% endgeneration %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    "{% endgeneration %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think></think>\\n' }}{% endif %}{% endif %}")
 
 CHAT_TEMPLATES = {"llava": _LLAVA_TEMPLATE, "llava_next": _LLAVA_NEXT_TEMPLATE, "idefics3": _idefics("<|begin_of_text|>"),
                   "smolvlm": _idefics("<|im_start|>"), "qwen2_vl": _chatml(True), "qwen2_5_vl": _chatml(True),
