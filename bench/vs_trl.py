@@ -42,7 +42,7 @@ LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pro
 def build_model(case: str, out_dir: Path, seed: int) -> dict:
     "Save the case's randomly-initialised model and processor to `out_dir`; return the sizes the FLOP count needs."
     import torch, transformers as T
-    from vlmnb.load import CHAT_TEMPLATES, Qwen2VLImageOnlyProcessor, tiny_tokenizer
+    from vlmnb.load import CHAT_TEMPLATES, image_only, tiny_tokenizer
     spec = CASES[case]
     tok = tiny_tokenizer(spec["model_type"])
     text = dict(spec["text"], num_key_value_heads=spec["text"]["num_attention_heads"], vocab_size=len(tok), initializer_range=0.02,
@@ -63,7 +63,7 @@ def build_model(case: str, out_dir: Path, seed: int) -> dict:
         config = T.Qwen2VLConfig(text_config=text, vision_config=dict(spec["vision"], hidden_size=text["hidden_size"]), **ids)
         ip = T.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                         size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280})
-        processor = Qwen2VLImageOnlyProcessor(ip, tok, chat_template=CHAT_TEMPLATES["qwen2_vl"])
+        processor = image_only(T.Qwen2VLProcessor)(ip, tok, chat_template=CHAT_TEMPLATES["qwen2_vl"])
     torch.manual_seed(seed)
     model = T.AutoModelForImageTextToText.from_config(config)
     model.save_pretrained(out_dir); processor.save_pretrained(out_dir)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from vlmnb.load import ARCHS, TINY_ARCHS, LoadError, linear_kinds, load_model, tiny_model
@@ -143,3 +144,26 @@ def test_tiny_cli(tmp_path):
     assert "Gemma 3" in run.stdout
     model, processor = load_model(tmp_path / "g")
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+
+
+VIDEO_SLOT = [t for t in TINY_ARCHS if ARCHS[t].processor_class and "video_processor" in getattr(transformers, ARCHS[t].processor_class).get_attributes()]
+
+
+@pytest.mark.parametrize("model_type", VIDEO_SLOT)
+def test_a_real_checkpoint_layout_loads_without_torchvision(model_type, zoo, image, tmp_path):
+    "A folder laid out as the Hub checkpoint is (its processor_config.json names the family's own class and carries a video "
+    "processor section) loads through load_model with the family's class less its video slot, and encodes an image sample."
+    import shutil
+    from vlmnb.load import has_torchvision
+    if has_torchvision(): pytest.skip("with torchvision the family's own processor loads")
+    folder = tmp_path / model_type
+    shutil.copytree(zoo[model_type], folder)
+    cfg = json.loads((folder / "processor_config.json").read_text())
+    family = ARCHS[model_type].processor_class
+    cfg.update(processor_class=family, video_processor={"video_processor_type": family.replace("Processor", "VideoProcessor")})
+    (folder / "processor_config.json").write_text(json.dumps(cfg))
+    model, processor = load_model(folder)
+    assert type(processor).__name__ == family.removesuffix("Processor") + "ImageOnlyProcessor"
+    assert type(processor).__mro__[1].__name__ == family and processor.chat_template
+    batch = batch_for(processor, image)
+    assert (batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids(ARCHS[model_type].image_token)).sum() > 0

@@ -71,7 +71,7 @@ def _tiny(args) -> int:
 
 def _add_tiny(sub) -> None:
     p = sub.add_parser("tiny", help="write a tiny random model (or a real-size preset) with its processor to a folder")
-    p.add_argument("arch", help="a model_type of the tiny zoo (llava, smolvlm, qwen2_vl, ...) or a preset (smolvlm-256m, qwen2-vl-2b)")
+    p.add_argument("arch", help="a model_type of the tiny zoo (llava, smolvlm, qwen3_5, gemma4, ...: vlmnb.load.TINY_ARCHS) or a real-size preset (smolvlm-256m, gemma-4-31b, ...: vlmnb.load.PRESETS)")
     p.add_argument("out_dir", help="folder to save_pretrained into")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     p.set_defaults(func=_tiny)

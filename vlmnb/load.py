@@ -20,11 +20,13 @@ from transformers.processing_utils import ProcessorMixin
 from .compat import disable_cpu_repack, linear_4bit_layers, unpack_cpu_4bit
 
 # %% auto #0
-__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES', 'TINY_ARCHS', 'REFUSED', 'DTYPES',
-           'PRESETS', 'Arch', 'registry_table', 'family_status', 'image_only', 'has_torchvision', 'processor_class',
-           'special_tokens', 'tiny_corpus', 'train_tiny_tokenizer', 'tiny_tokenizer', 'tiny_model', 'LoadError',
-           'model_kind', 'arch_of', 'load_processor', 'quantization_config', 'keep_cpu_4bit_trainable', 'load_model',
-           'linear_kinds', 'ModelSummary', 'component_of', 'model_summary', 'smoke_test', 'preset_model']
+__all__ = ['ARCHS', 'IMAGE_ONLY_PROCESSORS', 'SmolVLMImageOnlyProcessor', 'Qwen2VLImageOnlyProcessor',
+           'Qwen2_5_VLImageOnlyProcessor', 'Qwen3VLImageOnlyProcessor', 'ASSETS', 'TINY_TOKENIZER', 'CHAT_TEMPLATES',
+           'TINY_ARCHS', 'REFUSED', 'DTYPES', 'PRESETS', 'Arch', 'registry_table', 'family_status', 'image_only',
+           'has_torchvision', 'processor_class', 'special_tokens', 'tiny_corpus', 'train_tiny_tokenizer',
+           'tiny_tokenizer', 'tiny_model', 'LoadError', 'model_kind', 'arch_of', 'load_processor',
+           'quantization_config', 'keep_cpu_4bit_trainable', 'load_model', 'linear_kinds', 'ModelSummary',
+           'component_of', 'model_summary', 'smoke_test', 'preset_model']
 
 # %% ../nbs/01_load.ipynb #0878d563
 @dataclass(frozen=True)
@@ -238,6 +240,9 @@ def processor_class(arch: Arch) -> type:
 
 IMAGE_ONLY_PROCESSORS = {c.__name__: c for c in (image_only(getattr(transformers, a.processor_class)) for a in ARCHS.values()
                                                  if a.processor_class and not a.needs_torchvision) if c.__name__.endswith("ImageOnlyProcessor")}
+# the names earlier vlmnb versions exported as hand-written subclasses: the same classes now
+SmolVLMImageOnlyProcessor, Qwen2VLImageOnlyProcessor, Qwen2_5_VLImageOnlyProcessor, Qwen3VLImageOnlyProcessor = (
+    IMAGE_ONLY_PROCESSORS[f"{n}ImageOnlyProcessor"] for n in ("SmolVLM", "Qwen2VL", "Qwen2_5_VL", "Qwen3VL"))
 
 # %% ../nbs/01_load.ipynb #b732ee91
 ASSETS = Path(str(importlib.resources.files("vlmnb")))/"assets"
@@ -893,7 +898,9 @@ PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.j
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
         vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2), tie_word_embeddings=True), dict(patch_size=14)),
-    "idefics2-8b": ("idefics2", dict(  # Mistral-7B text model, SigLIP-so400m vision tower (980 px, patch 14), 64-latent perceiver
+    # Idefics2-8b: Mistral-7B-v0.1's text sizes, SigLIP-so400m at 980 px / patch 14, Idefics2PerceiverConfig's documented defaults
+    # (64 latents); not checked against the checkpoint's own config.json (no public copy found): vocab 32,003 and image splitting on
+    "idefics2-8b": ("idefics2", dict(
         text_config=dict(initializer_range=0.02, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=32003, max_position_embeddings=32768, rms_norm_eps=1e-5, sliding_window=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False),
@@ -902,7 +909,10 @@ PRESETS = {  # name: (model_type, dimensions from the real checkpoint's config.j
         perceiver_config=dict(hidden_size=4096, rms_norm_eps=1e-5, resampler_n_latents=64, resampler_depth=3, resampler_n_heads=16,
                               resampler_head_dim=96, num_key_value_heads=4)),
         dict(image_seq_len=64, do_image_splitting=True, size={"shortest_edge": 378, "longest_edge": 980})),
-    "aya-vision-8b": ("aya_vision", dict(  # Command R7B (Cohere2) + SigLIP2-so400m at 364 px; see the family report for sources
+    # Aya Vision 8B: AyaVisionConfig/AyaVisionProcessor defaults (SigLIP 1152/4304, 364 px, patch 14, 2x2 pixel shuffle) and
+    # Blaizzy/mlx-vlm mlx_vlm/models/aya_vision/config.py (projector 28672, vocab 256000, rope 50000, sliding window 4096, 12 tiles);
+    # the text depth/heads (Command R7B's 32 layers, 32 heads, 8 kv) and logit_scale 0.25 not checked against the checkpoint's config.json
+    "aya-vision-8b": ("aya_vision", dict(
         text_config=dict(initializer_range=0.02, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=256000, max_position_embeddings=16384, logit_scale=0.25,
                          sliding_window=4096, layer_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
@@ -1012,6 +1022,14 @@ def _preset_processor(processor, model_type: str, proc_kw: dict):
     return processor
 
 # %% ../nbs/01_load.ipynb #abd3b6c4
+def _free_bytes(device) -> int | None:
+    "Memory free on `device` now (None where it cannot be told, or for the meta device)."
+    d = torch.device(device)
+    if d.type == "meta": return None
+    if d.type == "cuda": return torch.cuda.mem_get_info(d)[0]
+    try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError): return None
+
 def preset_model(name: str, out_dir: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0):
     "A randomly-initialised model with the dimensions of a real checkpoint (`PRESETS`), and its processor."
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}.")
@@ -1019,6 +1037,11 @@ def preset_model(name: str, out_dir: str | Path | None = None, device: str | tor
     tok = tiny_tokenizer(model_type)
     config, processor = _BUILDERS[model_type](tok, model_type)
     config = _merge(config, overrides)
+    if (free := _free_bytes(device)) is not None:  # counted on the meta device first: a 31B preset must not die half-allocated
+        with torch.device("meta"): n = sum(p.numel() for p in AutoModelForImageTextToText.from_config(config).parameters())
+        if (need := 4 * n) > free:
+            raise LoadError(f"preset {name!r} has {n / 1e9:.1f}B parameters: {need / 2**30:,.0f} GiB in float32, and {device} has "
+                            f"{free / 2**30:,.0f} GiB free. Pass device='meta' to inspect its shapes, or use a larger machine.")
     torch.manual_seed(seed)
     with torch.device(device): model = AutoModelForImageTextToText.from_config(config)
     processor = _preset_processor(processor, model_type, proc_kw)
