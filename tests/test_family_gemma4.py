@@ -142,3 +142,14 @@ def test_vision_only_config_is_not_called_omni():
     omni = transformers.Gemma4Config(vision_config={}, audio_config={})
     assert model_kind(vision) == "a vision-language model vlmnb does not support yet"
     assert "omni" in model_kind(omni)
+
+
+def test_preflight_says_the_generation_prompt_adds_an_empty_thought_channel(tmp_path):
+    from vlmnb.train import make_config, preflight
+    notes = {}
+    for t in ("gemma4", "gemma3"):
+        c = make_config({"base_model": f"tiny:{t}", "datasets": [{"path": "synthetic:colour_shapes", "n": 4}],
+                         "output_dir": str(tmp_path / t), "max_steps": 1})
+        notes[t] = [n for n in preflight(c).notes if n.startswith("prompt:")]
+    assert len(notes["gemma4"]) == 1 and "'<|channel>thought\\n<channel|>'" in notes["gemma4"][0]
+    assert notes["gemma3"] == []

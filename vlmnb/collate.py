@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/collate.html.md"""
 
 # %% ../nbs/02_collate.ipynb #206789f9
 from __future__ import annotations
-import base64, html, itertools, math
+import base64, html, itertools, math, os
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from functools import lru_cache
@@ -25,11 +25,11 @@ from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
 __all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
-           'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'span_mask', 'bos_kwargs',
-           'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered', 'render_for_training',
-           'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels', 'BudgetRow',
-           'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html',
-           'SampleView', 'view_sample', 'inspect_samples']
+           'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap', 'span_mask',
+           'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
+           'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
+           'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid',
+           'tokens_html', 'SampleView', 'view_sample', 'inspect_samples']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -144,6 +144,16 @@ def template_end_of_turn(processor) -> str | None:
         return "".join(common) or None
     raise CollateError(f"the chat template cannot render a two-turn text conversation ({why}), so vlmnb cannot tell whether "
                        "it ends answers with a special token: give the processor a chat template, or set append_eos.")
+
+# %% ../nbs/02_collate.ipynb #f9713c88
+def prompt_gap(processor) -> str | None:
+    "Text the generation prompt adds before an answer that the rendered conversation lacks there (None when it is a prefix)."
+    probe = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    try: full, prompt = render(processor, probe), render(processor, probe[:1], generation_prompt=True)
+    except CollateError: return None
+    if full.startswith(prompt): return None
+    shared = len(os.path.commonprefix([full, prompt]))
+    return prompt[shared:] or None
 
 # %% ../nbs/02_collate.ipynb #583c2a00
 def _shift(spans, replacements) -> list[tuple[int, int]]:

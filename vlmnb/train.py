@@ -365,7 +365,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
-from .collate import VLMCollator, token_budget, fit_to_budget, BudgetReport, BudgetFit, BudgetRow
+from .collate import VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow
 from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -675,7 +675,10 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     arch, context = arch_of(config), context_length(config)
     notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
-    notes += [f"data: {n}" for r in reports for n in r.notes] + [n for n in [context_note(c, context)] if n]  # e.g. image paths accepted outside the root, as asked
+    notes += [f"data: {n}" for r in reports for n in r.notes] + [n for n in [context_note(c, context)] if n]
+    if gap := prompt_gap(processor):  # e.g. Gemma 4's empty thought channel: trained without it, prompted with it
+        notes.append(f"prompt: the chat template's generation prompt adds {gap!r} before an answer, which its rendered training "
+                     "text does not have there: the model is trained without it and prompted with it (vlmnb trains what the template renders)")  # e.g. image paths accepted outside the root, as asked
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
     if budget.problems and c.on_bad_data == "raise":
