@@ -9,7 +9,7 @@ of HuggingFaceH4/llava-instruct-mix-vsft), output_dir and max_steps differ. Axol
 docs/multimodal.qmd says to use the Qwen2-VL one with `chat_template: qwen2_vl`, which is the qwen3_vl case here.
 Until May 2026 the examples asked for flash-attention with `flash_attention: true`; a draft of the llava example (on
 the pixtral_integration branch, December 2024) named `chat_template: llama3_2_vision`. One test keeps that shape.
-Axolotl has no example for LLaVA-NeXT, Idefics3 or PaliGemma.
+Axolotl has no example for LLaVA-NeXT, Idefics3 or PaliGemma. Gemma 4 and GLM-4.6V examples, added later, are at the end.
 """
 from __future__ import annotations
 import importlib.util, json, os, subprocess, sys, warnings
@@ -23,7 +23,7 @@ import yaml
 from vlmnb.cli import main
 from vlmnb.data import colour_shapes
 from vlmnb.load import ARCHS, has_torchvision, tiny_model
-from vlmnb.train import ConfigError, chat_template_note, make_config, preflight, train
+from vlmnb.train import ConfigError, chat_template_note, from_axolotl, make_config, preflight, train
 
 VLMNB = Path(sys.executable).parent / "vlmnb"
 FLASH = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()  # flash-attention can run
@@ -348,3 +348,187 @@ def test_example_reads_a_dataset_repository_with_its_split_as_written(local, tmp
     assert cfg["datasets"][0]["split"] == "train[:1%]"
     pf = preflight(make_config(cfg))
     assert len(pf.train) == 2  # 1% of 200 rows, as datasets slices it
+
+
+# Axolotl's examples for families added later, each whole (they differ from COMMON in many keys), written from reading
+# examples/gemma4/e2b-vision-lora.yaml, examples/glm46v/glm-4-6v-flash-qlora.yaml and examples/qwen3.5/9b-lora-vision.yaml
+# (November 2026 snapshot); base_model,
+# datasets, output_dir and max_steps are pointed at local things as above.
+WHOLE = {
+    "qwen3_5": """
+base_model: Qwen/Qwen3.5-9B
+processor_type: AutoProcessor
+skip_prepare_dataset: true
+remove_unused_columns: false
+sample_packing: false
+chat_template: qwen3_5
+datasets:
+  - path: HuggingFaceH4/llava-instruct-mix-vsft
+    type: chat_template
+    split: train[:1%]
+dataset_prepared_path: last_run_prepared
+val_set_size: 0.0
+output_dir: ./outputs/out
+adapter: lora
+lora_model_dir:
+sequence_len: 8192
+pad_to_sequence_len: false
+lora_r: 32
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_modules: [q_proj, k_proj, v_proj, o_proj, down_proj, up_proj]
+wandb_project:
+gradient_accumulation_steps: 4
+micro_batch_size: 1
+num_epochs: 1
+optimizer: adamw_bnb_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: true
+tf32: true
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: false
+logging_steps: 1
+flash_attention: true
+warmup_ratio: 0.1
+evals_per_epoch: 1
+saves_per_epoch: 1
+weight_decay: 0.0
+""",
+    "gemma4": r"""
+base_model: google/gemma-4-E2B-it
+processor_type: AutoProcessor
+freeze_mm_modules: true
+plugins:
+  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin
+strict: false
+skip_prepare_dataset: true
+remove_unused_columns: false
+sample_packing: false
+chat_template: gemma4
+eot_tokens:
+  - "<turn|>"
+datasets:
+  - path: HuggingFaceH4/llava-instruct-mix-vsft
+    type: chat_template
+    split: train[:100]
+val_set_size: 0
+output_dir: ./outputs/gemma4-e2b-vision-lora
+adapter: lora
+sequence_len: 2048
+pad_to_sequence_len: false
+lora_r: 16
+lora_alpha: 32
+lora_dropout: 0
+lora_target_modules: 'model.language_model.layers.[\d]+.(_checkpoint_wrapped_module.)?(mlp|self_attn).(up|down|gate|q|k|v|o)_proj'
+gradient_accumulation_steps: 4
+micro_batch_size: 1
+num_epochs: 1
+max_steps: 10
+optimizer: adamw_torch_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: auto
+tf32: true
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: false
+logging_steps: 1
+attn_implementation: sdpa
+warmup_ratio: 0.1
+weight_decay: 0.0
+wandb_project:
+wandb_entity:
+""",
+    "glm46v": """
+base_model: zai-org/GLM-4.6V-Flash
+trust_remote_code: true
+processor_type: AutoProcessor
+load_in_4bit: true
+skip_prepare_dataset: true
+remove_unused_columns: false
+sample_packing: false
+output_dir: ./outputs/glm-4-6v-flash-qlora
+datasets:
+  - path: HuggingFaceH4/llava-instruct-mix-vsft
+    type: chat_template
+    split: train[:1%]
+adapter: qlora
+lora_r: 16
+lora_alpha: 32
+lora_dropout: 0.05
+lora_target_modules: [gate_proj, down_proj, up_proj, q_proj, v_proj, k_proj, o_proj]
+sequence_len: 2048
+gradient_accumulation_steps: 4
+micro_batch_size: 1
+num_epochs: 1
+optimizer: adamw_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: auto
+tf32: false
+gradient_checkpointing: true
+logging_steps: 1
+flash_attention: true
+warmup_ratio: 0.1
+evals_per_epoch: 0
+saves_per_epoch: 1
+weight_decay: 0.0
+""",
+}
+
+
+def whole_run(family: str, local: Path, out: Path, **changes) -> dict:
+    cfg = yaml.safe_load(WHOLE[family])
+    model_dir = local / f"model-{family}"
+    if not model_dir.exists(): tiny_model(family, model_dir)
+    cfg.update(base_model=str(model_dir), output_dir=str(out), max_steps=2, **changes)
+    cfg["datasets"] = [{k: v for k, v in d.items() if k != "split"} | {"path": str(local / "train.jsonl")} for d in cfg["datasets"]]
+    return cfg
+
+
+def test_gemma4_example(local, tmp_path, capsys):
+    "As written it asks for torchao's 8-bit AdamW: refused up front, naming the optimizer and the fix; with that fixed it trains."
+    path = write(whole_run("gemma4", local, tmp_path / "out"), tmp_path / "config.yml")
+    code, out = validate(path, capsys)
+    if importlib.util.find_spec("torchao") is None:
+        assert code == 2 and "optimizer='adamw_torch_8bit' cannot be built here" in out and "torchao" in out, out[-1500:]
+        path = write(whole_run("gemma4", local, tmp_path / "out", optimizer="adamw_torch"), tmp_path / "config.yml")
+        code, out = validate(path, capsys)
+    assert code == 0 and "chat_template: gemma4 is Gemma 4's own format" in out and "answers end with <turn|>" in out, out[-1500:]
+    assert "LoRA: 14 modules" in out  # q, k, v, o, gate, up, down of the two language layers: nothing of the vision tower
+    (_, notes), _ = noted(lambda: from_axolotl(yaml.safe_load(path.read_text())))
+    assert any(n.startswith("freeze_mm_modules: vlmnb trains no vision tower") for n in notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train(path).metrics["steps"] == 2
+
+
+def test_glm46v_example(local, tmp_path, capsys):
+    "QLoRA with a bare list of projection names: it also reaches the GLM vision tower's MLP, which vlmnb says; flash-attention falls back."
+    path = write(whole_run("glm46v", local, tmp_path / "out"), tmp_path / "config.yml")
+    code, out = validate(path, capsys)
+    assert code == 0 and "appends <|user|>" in out, out[-1500:]
+    assert ("note: attention: flash_attention_2 needs the flash-attn package and a CUDA GPU" in out) != FLASH
+    cfg = make_config(path)
+    _, warned = noted(lambda: preflight(cfg))
+    assert "also adapts" in warned and "vision tower" in warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(path)
+    assert result.metrics["steps"] == 2 and (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_qwen3_5_example(local, tmp_path, capsys):
+    "Its bare list (no gate_proj, and the Gated DeltaNet projections left commented out) adapts q/k/v/o only on softmax layers."
+    path = write(whole_run("qwen3_5", local, tmp_path / "out"), tmp_path / "config.yml")
+    code, out = validate(path, capsys)
+    assert code == 0 and "chat_template: qwen3_5 is Qwen3.5's own format" in out and "answers end with <|im_end|>" in out, out[-1500:]
+    targets = set(preflight(make_config(path)).targets)
+    lm = ARCHS["qwen3_5"].language_model
+    assert targets == {f"{lm}.layers.0.mlp.{p}" for p in ("down_proj", "up_proj")} | {  # layer 0 is linear attention
+        f"{lm}.layers.1.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj", "mlp.up_proj")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train(path).metrics["steps"] == 2

@@ -190,7 +190,8 @@ AXOLOTL_SPEED_ONLY = re.compile(r"liger_\w+|cut_cross_entropy|lora_(mlp|qkv|o)_k
 # Axolotl's chat_template names and the template formats they are (`template_formats`; 'tokenizer_default': the checkpoint's).
 AXOLOTL_TEMPLATES = {"llama3_2_vision": ("mllama",), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"),
                      "chatml": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), "gemma3": ("gemma3",), "llava": ("llava",),
-                     "pixtral": ("pixtral",), "mistral_v7_tekken": ("mistral3",)}
+                     "pixtral": ("pixtral",), "mistral_v7_tekken": ("mistral3",), "gemma4": ("gemma4",),
+                     "qwen3_5": ("qwen3_5", "qwen3_5_moe")}
 
 # %% ../nbs/04_train.ipynb #6c0bfaa8
 def _set(d: dict, dotted: str, value):
@@ -247,6 +248,9 @@ def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
             if v: notes.append(f"eot_tokens {v}: vlmnb labels the token the checkpoint's chat template writes after each "
                                "answer, and appends eos where it writes none")
         elif k == "plugins": _plugins(v, notes)
+        elif k == "freeze_mm_modules":  # Axolotl: vision/audio towers and projectors get requires_grad=False
+            if v: notes.append("freeze_mm_modules: vlmnb trains no vision tower, audio tower or projector weights unless "
+                               "lora.vision or lora.projector asks for it, so they stay frozen")
         elif k == "tokenizer_use_mistral_common":
             if v: notes.append("tokenizer_use_mistral_common: vlmnb tokenizes with the checkpoint's own Hugging Face processor "
                                "and renders its chat template, not with the mistral-common package; the pre-flight's stop-token "
