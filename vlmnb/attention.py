@@ -73,11 +73,9 @@ def image_token_layout(model, processor, batch) -> tuple[np.ndarray, tuple[int, 
         v = cfg.vision_config
         side = v.image_size // v.patch_size
         return np.arange(1, 1 + side * side), (side, side)  # tile 0, after its class token
-    if arch.model_type == "idefics2":  # a perceiver's latents: learned queries that each read the whole image
-        n = cfg.perceiver_config.resampler_n_latents
-        raise ValueError(f"Idefics2's {n} image tokens per image are the latents of its perceiver resampler (model.connector), "
-                         "not patches: no latent belongs to a place on the image, so there is no patch grid to map attention "
-                         "onto. Attention maps need a family whose image tokens are patches (e.g. idefics3, smolvlm, llava, qwen2_vl).")
+    if arch.not_patches:  # Idefics2: perceiver latents
+        raise ValueError(f"{arch.name}: {arch.not_patches}, so there is no patch grid to map attention onto. Attention maps "
+                         "need a family whose image tokens are patches (e.g. idefics3, smolvlm, llava, qwen2_vl).")
     ids = batch["input_ids"][0].numpy()
     image_id = processor.tokenizer.convert_tokens_to_ids(arch.image_token)
     runs = _runs(ids == image_id)

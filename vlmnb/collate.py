@@ -148,7 +148,7 @@ def template_end_of_turn(processor) -> str | None:
 # %% ../nbs/02_collate.ipynb #f9713c88
 def prompt_gap(processor) -> str | None:
     "Text the generation prompt adds before an answer that the rendered conversation lacks there (None when it is a prefix)."
-    probe = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    probe = _PROBE[:2]  # a question and its answer
     try: full, prompt = render(processor, probe), render(processor, probe[:1], generation_prompt=True)
     except CollateError: return None
     if full.startswith(prompt): return None
@@ -552,7 +552,7 @@ def fit_to_budget(ds, report: BudgetReport, policy: Literal["truncate", "drop"] 
 # %% ../nbs/02_collate.ipynb #fa561eaa
 def patch_grid(batch: dict, arch: Arch, table: list[dict], image_token_id: int, merge: int = 2) -> tuple[int, int] | None:
     "(rows, columns) of the patches behind the first image's tokens, where the tokens say it."
-    if arch.model_type == "idefics2": return None  # perceiver latents, not patches: no grid to draw
+    if arch.not_patches: return None  # e.g. Idefics2's perceiver latents: no grid to draw
     if "image_grid_thw" in batch:
         _, h, w = batch["image_grid_thw"][0].tolist()
         return h // merge, w // merge

@@ -22,7 +22,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 __all__ = ['CHECKED', 'BNB_REPACK_FLAG', 'BNB_PACKED_FLAG', 'REPLACEMENT_OFFSETS', 'CompatError', 'CompatWarning', 'installed',
            'moved', 'versions', 'cpu_has_bf16', 'linear_4bit_layers', 'is_cpu_packed', 'unpack_cpu_4bit',
            'disable_cpu_repack', 'processor_parts', 'idefics2_replacements', 'text_replacement_offsets',
-           'attn_implementation', 'mllama_cross_attention_layers', 'save_trainer_checkpoint']
+           'attn_implementation', 'mllama_cross_attention_layers', 'save_trainer_checkpoint', 'peft_exact_target_names']
 
 # %% ../nbs/09_compat.ipynb #c0900007
 CHECKED = {"torch": "2.13.0", "transformers": "5.23.0", "bitsandbytes": "0.50.2", "peft": "0.21.2"}  # each internal below was read in these versions' source
@@ -177,3 +177,19 @@ def save_trainer_checkpoint(trainer) -> Path:
     save(trainer.model, trial=None)
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     return Path(trainer.args.output_dir)/f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+
+# %% ../nbs/09_compat.ipynb #3d59f483
+from contextlib import contextmanager
+
+@contextmanager
+def peft_exact_target_names():
+    "Build or load PEFT adapters on exactly the named modules: PEFT's v4-to-v5 retargeting of MoE expert names switched off."
+    import peft.utils.transformers_weight_conversion as conv
+    before = getattr(conv, "convert_peft_config_for_transformers", None)
+    if before is None:
+        warnings.warn(moved("peft", "peft.utils.transformers_weight_conversion.convert_peft_config_for_transformers",
+                            "vlmnb cannot stop PEFT from retargeting MoE LoRA targets onto fused experts"), CompatWarning, stacklevel=3)
+        yield; return
+    conv.convert_peft_config_for_transformers = lambda *a, **k: None
+    try: yield
+    finally: conv.convert_peft_config_for_transformers = before

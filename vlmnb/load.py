@@ -46,6 +46,7 @@ class Arch:
     projector_extra: tuple = ()        # more projector modules (Qwen3-VL's deepstack mergers)
     needs_torchvision: bool = False    # unusable without torchvision
     caveats: str = ""                  # what a user must know
+    not_patches: str = ""              # why its image tokens have no place on the image (empty: they are patches)
     lora_target_override: str = ""     # the family's own default-target regex after `<language model>.layers.N.` (hybrid or MoE layers)
     stop_token: str = ""               # appended (with a label) where the template ends an answer with no special token; default eos
 
@@ -114,6 +115,8 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("idefics2", "Idefics2", "Idefics2ForConditionalGeneration", language_model="model.text_model",
          vision_tower="model.vision_model", projector="model.connector", image_token="<image>",
          vision_tokens=("<fake_token_around_image>",), example="HuggingFaceM4/idefics2-8b", processor_class="Idefics2Processor",
+         not_patches="its image tokens are the latents of its perceiver resampler (model.connector): learned queries that "
+                     "each read the whole image, so no latent belongs to a place on it",
          caveats="A perceiver resampler (`model.connector.perceiver_resampler`) turns each image (each view, with "
                  "`do_image_splitting`: 4 crops and the whole) into 64 latent tokens with no spatial layout: attention maps "
                  "over the image are refused. The real template writes no bos (the tokenizer adds `<s>`) and renders "

@@ -17,6 +17,7 @@ from fastcore.basics import patch
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # peft imports bitsandbytes, which warns that an optional CPU kernel package is missing
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+from .compat import peft_exact_target_names
 from .load import ARCHS, Arch, arch_of, component_of, keep_cpu_4bit_trainable
 
 # %% auto #0
@@ -176,18 +177,6 @@ def extra_trainable(model, spec: LoraSpec) -> list[str]:
     return [n for n, _ in model.named_parameters() if _GATE.search(n)]
 
 # %% ../nbs/03_lora.ipynb #ad3ce37c
-from contextlib import contextmanager
-
-@contextmanager
-def _exact_names():
-    "PEFT reads `gate_proj`/`up_proj`/`down_proj` in MoE models with a v4-to-v5 weight conversion (GLM-4.5V) as the v4 names of "
-    "the fused experts and retargets them; vlmnb's targets are exact names of the v5 model, so that conversion is switched off."
-    import peft.utils.transformers_weight_conversion as conv
-    before = conv.convert_peft_config_for_transformers
-    conv.convert_peft_config_for_transformers = lambda *a, **k: None
-    try: yield
-    finally: conv.convert_peft_config_for_transformers = before
-
 def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool = False,
                gradient_checkpointing_kwargs: dict | None = None) -> PeftModel:
     "Wrap `model` with the adapters of `spec` (QLoRA preparation for 4/8-bit models)."
@@ -203,7 +192,7 @@ def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool
         model.enable_input_require_grads()
     with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        with _exact_names(): peft_model = get_peft_model(model, config)
+        with peft_exact_target_names(): peft_model = get_peft_model(model, config)
     for name, p in peft_model.named_parameters():
         if any(name.endswith(e) for e in extra_trainable(model, spec)): p.requires_grad_(True)
     peft_model.vlmnb_spec = spec
@@ -236,7 +225,7 @@ def load_lora(base_model, folder: str | Path, is_trainable: bool = False) -> Pef
     "Load the adapter in `folder` onto `base_model`, with its extra parameters."
     with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        with _exact_names(): model = PeftModel.from_pretrained(base_model, Path(folder), is_trainable=is_trainable)
+        with peft_exact_target_names(): model = PeftModel.from_pretrained(base_model, Path(folder), is_trainable=is_trainable)
     load_extra(model, folder, is_trainable)
     return model
 
