@@ -8,11 +8,13 @@ Docs: https://vlmnb.github.io/vlmnb/train.html.md"""
 from __future__ import annotations
 import difflib, errno, fcntl, hashlib, importlib.util, json, math, os, re, shutil, signal, socket, tempfile, time, uuid, warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch.utils.checkpoint import checkpoint
 import transformers
 import yaml
 from fastcore.basics import patch
@@ -20,14 +22,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 # %% auto #0
 __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES',
-           'CHECKPOINT_BYTES_PER_PARAMETER', 'DISK_MARGIN', 'SKIPPED_FILE', 'HISTORY_KEYS', 'COMPLETE', 'LOCK_FILE',
-           'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE', 'DataSource', 'LoraFields', 'TrainConfig', 'ConfigError',
-           'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
+           'CHECKPOINT_BYTES_PER_PARAMETER', 'DISK_MARGIN', 'SKIPPED_FILE', 'LOGIT_CHUNK', 'HISTORY_KEYS', 'COMPLETE',
+           'LOCK_FILE', 'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE', 'DataSource', 'LoraFields', 'TrainConfig',
+           'ConfigError', 'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
            'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
            'RunSettings', 'run_settings', 'Preflight', 'resolve_attention', 'per_epoch', 'check_optimizer',
            'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate', 'disk_need',
            'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context', 'skipped_rows',
-           'warmup_steps', 'training_args', 'preflight', 'demo_config', 'history_rows', 'LossHistory', 'plot_history',
+           'warmup_steps', 'training_args', 'preflight', 'demo_config', 'next_token_mask', 'hidden_at',
+           'label_loss_sum', 'label_loss', 'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history',
            'checkpoint_files', 'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage',
            'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes',
            'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now',
@@ -727,6 +730,71 @@ def demo_config(output_dir: str = "outputs/demo", **overrides) -> TrainConfig:
                         "output_dir": output_dir, "seed": 0,
                         "overwrite_output_dir": True, **overrides})  # the demo replaces its own earlier run
 
+# %% ../nbs/04_train.ipynb #e6224320
+def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
+    "Positions whose next token carries a label: the only positions whose logits the loss reads."
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+@contextmanager
+def hidden_at(model, mask: torch.Tensor):
+    "Inside the block, `model`'s output layer sees no positions; the hidden states at `mask` are left in the dict it yields."
+    head, got = model.get_output_embeddings(), {}
+    def take(module, args):
+        got["hidden"] = args[0][mask]
+        return (args[0][:, :0], *args[1:])
+    handle = head.register_forward_pre_hook(take)
+    try: yield got
+    finally: handle.remove()
+
+# %% ../nbs/04_train.ipynb #56b70870
+LOGIT_CHUNK = 2**25  # logits alive at once in the loss (elements): 128 MiB in fp32, about 680 positions of a 49k vocabulary
+
+def label_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None = None,
+                   rows: int | None = None) -> torch.Tensor:
+    "Summed cross-entropy of `head(hidden)` against `targets`, a chunk of `rows` positions at a time (recomputed in the backward)."
+    rows = rows or max(1, LOGIT_CHUNK // head.weight.shape[0])
+    def chunk(h, t):
+        logits = head(h)
+        if softcap is not None: logits = torch.tanh(logits / softcap) * softcap
+        return torch.nn.functional.cross_entropy(logits.float(), t, reduction="sum")
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden.shape[0], rows):
+        h, t = hidden[i:i + rows], targets[i:i + rows]
+        total = total + (checkpoint(chunk, h, t, use_reentrant=False) if torch.is_grad_enabled() else chunk(h, t))
+    return total
+
+def label_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    "The summed loss of a batch over its labelled tokens, computed only where they are, and their number."
+    batch = dict(batch); labels = batch.pop("labels")
+    with hidden_at(model, next_token_mask(labels)) as got: outputs = model(**batch)
+    targets = labels[:, 1:][labels[:, 1:] != -100]
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return label_loss_sum(got["hidden"], targets, model.get_output_embeddings(), softcap), len(targets)
+
+# %% ../nbs/04_train.ipynb #cd8c6913
+class VLMTrainer(Trainer):
+    "The Hugging Face Trainer with the loss computed only at labelled positions and normalised over the optimizer step."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True   # the Trainer then counts the step's label tokens and does not rescale
+        self._loss_shifts_labels = True         # counted over labels[..., 1:], as the loss reads them
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs); labels = inputs.pop("labels")
+        base = self.accelerator.unwrap_model(model)
+        with hidden_at(base, next_token_mask(labels)) as got: outputs = model(**inputs)
+        targets = labels[:, 1:][labels[:, 1:] != -100]
+        softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+        total = label_loss_sum(got["hidden"], targets, base.get_output_embeddings(), softcap)
+        if num_items_in_batch is None: loss = total / max(len(targets), 1)
+        else:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices: loss = loss * self.accelerator.num_processes  # DDP averages gradients
+        return (loss, outputs) if return_outputs else loss
+
 # %% ../nbs/04_train.ipynb #b8b8df13
 HISTORY_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
 
@@ -1112,7 +1180,7 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
     ckpt = CompleteCheckpoints(c.save_total_limit, record["run_id"], c.model_dump(mode="json"),
                                checkpoint_record(resume).get("train_seconds", 0.0) if resume else 0.0)
     gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
-    trainer = Trainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps, pf.total_steps),
+    trainer = VLMTrainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps, pf.total_steps),
                       train_dataset=train_ds, eval_dataset=pf.eval, data_collator=collator,
                       callbacks=[history, ckpt, SaveEvery(c.save_minutes), stop, *([gen_eval] if gen_eval else []), *callbacks])
     if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
