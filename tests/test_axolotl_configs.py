@@ -287,7 +287,7 @@ def test_refusals_name_the_key(local, tmp_path):
     base = as_run("qwen2_vl", local, tmp_path / "out")
     cases = {
         "adapter": ({k: v for k, v in base.items() if k != "adapter"}, "adapter: not set. Axolotl reads a config without `adapter` as full fine-tuning, which vlmnb does not do (it trains LoRA and QLoRA adapters). Add `adapter: lora` or `adapter: qlora`."),
-        "packing": ({**base, "sample_packing": True}, "Axolotl keys that would change training but vlmnb does not support: sample_packing."),
+        "pad": ({**base, "pad_to_sequence_len": True}, "Axolotl keys that would change training but vlmnb does not support: pad_to_sequence_len."),
         "optimizer": ({**base, "optimizer": "adamw_torchh"}, "optimizer='adamw_torchh' is not one the Trainer knows; did you mean 'adamw_torch'?"),
         "scheduler": ({**base, "lr_scheduler": "cosin"}, "lr_scheduler='cosin' is not one the Trainer knows; did you mean 'cosine'?"),
         "jinja": ({**base, "chat_template_jinja": "{{ messages }}"}, "chat_template_jinja: vlmnb always renders the checkpoint's own chat template"),

@@ -85,8 +85,8 @@ def test_right_padding_keeps_rows_apart(tiny):
 def test_packed_samples_would_leak_through_linear_attention(tiny):
     """Packing two samples in one row with restarted position_ids keeps them apart in softmax attention only through
     cu_seqlens / flash-attention kwargs; the torch Gated DeltaNet ignores cu_seqlens, so the second sample sees the first.
-    vlmnb therefore never packs (Axolotl's sample_packing is refused)."""
-    from vlmnb.train import AXOLOTL_UNSUPPORTED
+    vlmnb therefore refuses packing for the family (Arch.no_packing), Axolotl's sample_packing included."""
+    from vlmnb.collate import PackingError, check_packing
     t, model, processor = tiny
     tok = processor.tokenizer
     a, b = tok("red green blue yellow", return_tensors="pt")["input_ids"], tok("the circle is red", return_tensors="pt")["input_ids"]
@@ -98,7 +98,7 @@ def test_packed_samples_would_leak_through_linear_attention(tiny):
         pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None]
         packed = lm(input_ids=packed_ids, position_ids=pos).last_hidden_state[0, a.shape[1]:]
     assert not torch.allclose(packed, alone, atol=1e-3), "the linear-attention layers kept packed samples apart"
-    assert "sample_packing" in AXOLOTL_UNSUPPORTED
+    with pytest.raises(PackingError, match="Gated DeltaNet"): check_packing(ARCHS[t])
 
 
 def test_think_block_is_prompt_not_answer(tiny):

@@ -8,7 +8,7 @@ Docs: https://vlmnb.github.io/vlmnb/collate.html.md"""
 from __future__ import annotations
 import base64, html, itertools, math, os
 from collections import Counter
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -24,12 +24,13 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
-           'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap', 'span_mask',
-           'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
+__all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at', 'special_strings',
+           'special_chain_at', 'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap',
+           'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
            'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
            'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid',
-           'tokens_html', 'SampleView', 'view_sample', 'inspect_samples']
+           'tokens_html', 'SampleView', 'view_sample', 'inspect_samples', 'PackingError', 'check_packing',
+           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'pack_batch', 'packed_rows']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -254,6 +255,9 @@ class VLMCollator:
     train_on_inputs: bool = False   # loss on all text (not images, not padding) instead of the answers only
     max_length: int | None = None   # cut rows to this many tokens, never inside an image
     append_eos: bool | None = None  # write eos (with a label) after each answer; None: when the template writes no end-of-turn token
+    packing: bool = False           # several samples per row (position ids restart per sample; see Packing)
+    pack_length: int | None = None  # tokens per packed row (default: the batch's longest sample)
+    rope_index: object = None       # the model's `get_rope_index`, for families with 3-D rotary positions (`rope_index_of(model)`)
 
     def __post_init__(self):
         if self.arch is None:
@@ -269,6 +273,7 @@ class VLMCollator:
         if self.eos_appended and not self.stop_token:
             raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
                              "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
+        if self.packing: check_packing(self.arch, self.rope_index)
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
@@ -315,6 +320,7 @@ def _images_and_indices(samples) -> tuple[list[list], list[int]]:
 def __call__(self: VLMCollator, samples: list[dict]) -> dict:
     "A batch with labels from canonical samples (`messages` and decoded `images`)."
     if not samples: raise CollateError("VLMCollator got an empty batch (were all samples dropped by fit_to_budget?).")
+    if self.packing: return packed_rows(self, samples)[0]
     if self.arch.model_type == "paligemma": return self._paligemma(samples)
     images, idx = _images_and_indices(samples)
     rendered = [self.rendered(s["messages"], i) for s, i in zip(samples, idx)]
@@ -656,3 +662,109 @@ def inspect_samples(ds, collator: VLMCollator, max_length: int | None = None, re
     pick.observe(show, "value"); only_over.observe(filter_, "value")
     show()
     return W.VBox([W.HBox([pick, only_over]), body])
+
+# %% ../nbs/02_collate.ipynb #af150003
+class PackingError(ValueError):
+    "Packing asked of a family, or without what it needs, where packed samples would not stay apart."
+
+def check_packing(arch: Arch, rope_index=None) -> None:
+    "Refuse packing for a family whose packed samples would not stay apart, or without the rope function it needs."
+    if arch.no_packing: raise PackingError(f"packing: {arch.name} cannot pack: {arch.no_packing}. Train it unpacked (packing: false).")
+    if arch.rope_index and rope_index is None:
+        raise PackingError(f"packing: {arch.name} needs its 3-D rotary positions per sample: pass rope_index=rope_index_of(model).")
+
+def rope_index_of(model):
+    "The model's own 3-D rotary position function (`get_rope_index`), wherever PEFT or the family put it; None if it has none."
+    for m in (model, getattr(model, "model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        while m is not None:
+            if hasattr(type(m), "get_rope_index"): return m.get_rope_index
+            m = getattr(m, "model", None)
+    return None
+
+# %% ../nbs/02_collate.ipynb #f94255aa
+def pack_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
+    "First-fit decreasing: the samples (indices) of each row of at most `pack_length` tokens; a longer sample has a row alone."
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, left in enumerate(room) if lengths[i] <= left), None)
+        if fit is None: rows.append([i]); room.append(pack_length - lengths[i])
+        else: rows[fit].append(i); room[fit] -= lengths[i]
+    return rows
+
+def next_fit(lengths: list[int], pack_length: int) -> list[list[int]]:
+    "Consecutive samples (indices, in order) into rows of at most `pack_length` tokens."
+    rows, used = [], 0
+    for i, n in enumerate(lengths):
+        if rows and used + n <= pack_length: rows[-1].append(i); used += n
+        else: rows.append([i]); used = n
+    return rows
+
+# %% ../nbs/02_collate.ipynb #2a70da50
+def packing_efficiency(lengths: list[int], batch_size: int, pack_length: int | None = None, seed: int = 0) -> dict:
+    "Share of real tokens in random batches of `lengths`: `unpacked` (padded to the longest) and `packed`; rows per batch."
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    real = padded = packed = rows = 0
+    for b in range(0, len(order), batch_size):
+        n = [lengths[i] for i in order[b:b + batch_size]]
+        r = pack_rows(n, pack_length or max(n))
+        real += sum(n); padded += len(n) * max(n); rows += len(r)
+        packed += len(r) * max(sum(n[i] for i in row) for row in r)
+    return {"unpacked": real / padded, "packed": real / packed, "rows_per_batch": rows / math.ceil(len(lengths) / batch_size)}
+
+# %% ../nbs/02_collate.ipynb #a9c96560
+PACKED_PER_TOKEN = {"input_ids": None, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
+
+def _positions(rows, lengths, width) -> torch.Tensor:
+    pos = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row: pos[r, at:at + lengths[i]] = torch.arange(lengths[i]); at += lengths[i]
+        pos[r, at:] = torch.arange(width - at)  # the padding after the last sample is a sequence of its own
+    return pos
+
+def _rope_positions(out, rows, lengths, width, images_per_sample, rope_index) -> torch.Tensor:
+    "Each sample's 3-D rotary positions from the model's own function, laid out like its tokens."
+    first = np.cumsum([0, *images_per_sample]).tolist()
+    grid, rope = out.get("image_grid_thw"), torch.zeros(3, len(rows), width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = lengths[i]
+            g = grid[first[i]:first[i + 1]] if grid is not None and images_per_sample[i] else None
+            p, _ = rope_index(out["input_ids"][i:i + 1, :n], mm_token_type_ids=out["mm_token_type_ids"][i:i + 1, :n],
+                              image_grid_thw=g, attention_mask=torch.ones(1, n, dtype=torch.long))
+            rope[:, r, at:at + n] = p[:, 0]; at += n
+        rope[:, r, at:] = torch.arange(width - at)
+    return rope
+
+def pack_batch(out: dict, images_per_sample: list[int], pack_length: int | None = None, pad_id: int = 0,
+               rope_index=None) -> tuple[dict, list[list[int]]]:
+    "Packed rows from a padded batch: consecutive samples up to `pack_length` tokens a row; the batch and each row's samples."
+    lengths = out["attention_mask"].sum(1).tolist()
+    rows = next_fit(lengths, pack_length or max(lengths))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    packed = {k: v for k, v in out.items() if k not in PACKED_PER_TOKEN and k != "attention_mask"}
+    for k, fill in PACKED_PER_TOKEN.items():
+        if k not in out: continue
+        t = torch.full((len(rows), width), pad_id if fill is None else fill, dtype=out[k].dtype)
+        for r, row in enumerate(rows):
+            piece = torch.cat([out[k][i, :lengths[i]] for i in row])
+            t[r, :len(piece)] = piece
+        packed[k] = t
+    pos = _positions(rows, lengths, width)
+    packed["labels"] = packed["labels"].masked_fill(pos == 0, -100)  # no sample's first token is predicted from the one before
+    if rope_index is not None: pos = torch.cat([pos[None], _rope_positions(out, rows, lengths, width, images_per_sample, rope_index)])
+    packed["position_ids"], packed["use_cache"] = pos, False
+    return packed, rows
+
+# %% ../nbs/02_collate.ipynb #49efb758
+def packed_rows(collator: VLMCollator, samples: list[dict]) -> tuple[dict, list[list[int]]]:
+    "A packed batch of `samples` and the samples (indices into `samples`) of each row, in order."
+    if all(s.get("length") for s in samples):  # the pre-flight's token counts: first-fit decreasing, then fill rows in that order
+        order = [i for row in pack_rows([s["length"] for s in samples], collator.pack_length or max(s["length"] for s in samples)) for i in row]
+    else: order = list(range(len(samples)))
+    unpacked = replace(collator, packing=False)
+    out = unpacked([samples[i] for i in order])
+    batch, rows = pack_batch(out, [len(samples[i].get("images") or []) for i in order], collator.pack_length,
+                             collator.processor.tokenizer.pad_token_id or 0, collator.rope_index)
+    return batch, [[order[i] for i in row] for row in rows]

@@ -49,6 +49,8 @@ class Arch:
     not_patches: str = ""              # why its image tokens have no place on the image (empty: they are patches)
     lora_target_override: str = ""     # the family's own default-target regex after `<language model>.layers.N.` (hybrid or MoE layers)
     stop_token: str = ""               # appended (with a label) where the template ends an answer with no special token; default eos
+    rope_index: bool = False           # 3-D rotary positions from the model's own `get_rope_index` (packed rows need them per sample)
+    no_packing: str = ""               # why packed samples would not stay apart in this family (empty: packing is exact)
 
     @property
     def lora_target(self) -> str:
@@ -62,14 +64,15 @@ _ROWCOL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>")
 _LLAVA = dict(language_model="model.language_model", vision_tower="model.vision_tower", projector="model.multi_modal_projector")
 _QWEN = dict(language_model="model.language_model", vision_tower="model.visual", projector="model.visual.merger",
-             image_token="<|image_pad|>", vision_tokens=_QWEN_VISION)
+             image_token="<|image_pad|>", vision_tokens=_QWEN_VISION, rope_index=True)
 _GLM_VISION = ("<|begin_of_image|>", "<|end_of_image|>", "<|video|>", "<|begin_of_video|>", "<|end_of_video|>")
 _GLM_CAVEATS = ("3D (M-RoPE) positions come from `image_grid_thw` and `mm_token_type_ids`, which the processor returns and the "
                 "collator keeps. The chat template writes no token after the last answer: vlmnb appends `<|user|>` (GLM's own "
                 "fine-tuning recipe labels it; generation stops on it). The real template writes list content of assistant and "
                 "system turns as a Python repr: vlmnb renders text-only turns as plain strings for it.")
 _GLM = dict(language_model="model.language_model", vision_tower="model.visual", projector="model.visual.merger",
-            projector_extra=("model.visual.downsample",), image_token="<|image|>", vision_tokens=_GLM_VISION, stop_token="<|user|>")
+            projector_extra=("model.visual.downsample",), image_token="<|image|>", vision_tokens=_GLM_VISION, stop_token="<|user|>",
+            rope_index=True)
 _IDEFICS = dict(language_model="model.text_model", vision_tower="model.vision_model", projector="model.connector",
                 image_token="<image>", vision_tokens=("<fake_token_around_image>", "<global-img>") + _ROWCOL)
 
@@ -80,9 +83,12 @@ _QWEN3_5_LORA = (r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|linear_attn\.(in_pr
 _QWEN3_5_CAVEATS = ("Hybrid layers: Gated DeltaNet (linear attention, `linear_attn`) in 3 of 4 decoder layers, softmax attention "
                     "in the 4th; only those return attention weights (attention maps use them). Without the fla and "
                     "causal-conv1d kernels (CPU) the torch fallback runs, slower; it ignores cu_seqlens, so packed samples "
-                    "would leak into each other (vlmnb pads, never packs). The chat template writes an empty "
+                    "would leak into each other (packing is refused). The chat template writes an empty "
                     "`<think>\\n\\n</think>\\n\\n` before the last answer; vlmnb renders with enable_thinking=False, so "
                     "prompts end with it and only the answer and <|im_end|> carry loss.")
+_GEMMA_PACKING = ("its image tokens attend to each other both ways through a mask overlay (token_type_ids) that transformers 5.23 composes before it remaps positions for packed rows, so in its sliding-window layers a packed sample reads another sample's image blocks (the packing parity test measures per-sample losses off by up to 1%)")
+_QWEN3_5_PACKING = ("its Gated DeltaNet layers mix each row's tokens in one recurrence: the torch fallback ignores cu_seqlens, so "
+                    "packed samples would leak into each other (pinned by a test)")
 
 ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("idefics3", "Idefics3", "Idefics3ForConditionalGeneration", **_IDEFICS, example="HuggingFaceM4/Idefics3-8B-Llama3"),
@@ -99,14 +105,16 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
          example="llava-hf/llava-v1.6-mistral-7b-hf", caveats="`model.image_newline` is a trained parameter outside the projector."),
     Arch("gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", **_LLAVA, image_token="<image_soft_token>",
          vision_tokens=("<start_of_image>", "<end_of_image>"), example="google/gemma-3-4b-it",
-         caveats="Needs `token_type_ids` in training (bidirectional attention over image tokens)."),
+         caveats="Needs `token_type_ids` in training (bidirectional attention over image tokens).", no_packing=_GEMMA_PACKING),
     Arch("mllama", "Mllama (Llama 3.2 Vision)", "MllamaForConditionalGeneration", language_model="model.language_model",
          vision_tower="model.vision_model", projector="model.multi_modal_projector", image_token="<|image|>",
          example="meta-llama/Llama-3.2-11B-Vision-Instruct",
+         no_packing="its cross-attention layers read each row's images through a per-token `cross_attention_mask` that the "
+                    "processor builds for one sample per row; vlmnb does not rebuild it for packed rows",
          caveats="Images enter through cross-attention layers whose tanh gates start at zero; one `<|image|>` token per image, "
                  "and in the real checkpoints its id lies past the vocabulary, so it must never be a label."),
     Arch("paligemma", "PaliGemma", "PaliGemmaForConditionalGeneration", **_LLAVA, image_token="<image>",
-         example="google/paligemma2-3b-pt-224",
+         example="google/paligemma2-3b-pt-224", no_packing=_GEMMA_PACKING.replace("image tokens", "prefix tokens (image and prompt)"),
          caveats="No chat format: prefix (image + prompt) attends bidirectionally, the suffix (answer) causally; labels must "
                  "come from the processor's `suffix`, with `token_type_ids` marking the suffix."),
     Arch("mistral3", "Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", **_LLAVA, image_token="[IMG]",
@@ -135,6 +143,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("gemma4", "Gemma 4", "Gemma4ForConditionalGeneration", language_model="model.language_model",
          vision_tower="model.vision_tower", projector="model.embed_vision", image_token="<|image|>",
          vision_tokens=("<|image>", "<image|>", "<|video|>"), example="google/gemma-4-31B-it", processor_class="Gemma4Processor",
+         no_packing=_GEMMA_PACKING,
          caveats="Turns are `<|turn>role ... <turn|>`; the template trims answers and strips their thinking channels, and its "
                  "generation prompt (thinking off) adds an empty `<|channel>thought\\n<channel|>` that trained turns lack. "
                  "Variable image tokens per image (up to the image processor's `max_soft_tokens`, 280 by default); the 26B/31B "
@@ -142,10 +151,10 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
                  "E2B/E4B also have an audio tower (left untrained). The 31B/26B full-attention layers share k and v (no v_proj)."),
     Arch("qwen3_5", "Qwen3.5", "Qwen3_5ForConditionalGeneration", **_QWEN, example="Qwen/Qwen3.5-2B",
          processor_class="Qwen3VLProcessor", lora_target_override=_QWEN3_5_LORA.format(mlp=r"mlp\."),
-         caveats=_QWEN3_5_CAVEATS),
+         caveats=_QWEN3_5_CAVEATS, no_packing=_QWEN3_5_PACKING),
     Arch("qwen3_5_moe", "Qwen3.5 MoE", "Qwen3_5MoeForConditionalGeneration", **_QWEN, example="Qwen/Qwen3.5-35B-A3B",
          processor_class="Qwen3VLProcessor", lora_target_override=_QWEN3_5_LORA.format(mlp=r"mlp\.shared_expert\."),
-         caveats=_QWEN3_5_CAVEATS + " The routed experts are fused 3-D parameters, not Linear layers: LoRA adapts the shared "
+         no_packing=_QWEN3_5_PACKING, caveats=_QWEN3_5_CAVEATS + " The routed experts are fused 3-D parameters, not Linear layers: LoRA adapts the shared "
                  "expert only, 4/8-bit loading leaves the experts unquantized, and the LoRA report says so."),
     Arch("internvl", "InternVL3 / 3.5 (HF-native)", "InternVLForConditionalGeneration", **_LLAVA, image_token="<IMG_CONTEXT>",
          vision_tokens=("<img>", "</img>", "<video>"), example="OpenGVLab/InternVL3-1B-hf", processor_class="InternVLProcessor",

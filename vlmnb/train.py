@@ -26,10 +26,10 @@ __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEE
            'LOCK_FILE', 'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE', 'DataSource', 'LoraFields', 'TrainConfig',
            'ConfigError', 'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
            'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
-           'RunSettings', 'run_settings', 'Preflight', 'resolve_attention', 'per_epoch', 'check_optimizer',
-           'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate', 'disk_need',
-           'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context', 'skipped_rows',
-           'warmup_steps', 'training_args', 'preflight', 'demo_config', 'next_token_mask', 'hidden_at',
+           'RunSettings', 'run_settings', 'grouped', 'packing_note', 'Preflight', 'resolve_attention', 'per_epoch',
+           'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate',
+           'disk_need', 'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context',
+           'skipped_rows', 'warmup_steps', 'training_args', 'preflight', 'demo_config', 'next_token_mask', 'hidden_at',
            'label_loss_sum', 'label_loss', 'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history',
            'checkpoint_files', 'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage',
            'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes',
@@ -100,7 +100,9 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     gradient_checkpointing_kwargs: dict | None = None  # e.g. {use_reentrant: false} (vlmnb's default)
-    group_by_length: bool = True
+    group_by_length: bool = True           # length-grouped batches (with packing, unless set: random batches, which pack)
+    packing: bool = False                   # several samples per row, kept apart (Axolotl's sample_packing); see 02_collate
+    pack_length: int | None = None          # tokens per packed row (default: each batch's longest sample)
     seed: int = 42
     logging_steps: int = 10
     eval_steps: int | None = None           # every this many steps: eval loss, and generation metrics on eval_samples
@@ -133,6 +135,7 @@ def _contradictions(c: TrainConfig) -> list[str]:
     if c.save_steps and c.saves_per_epoch: out.append("save_steps and saves_per_epoch: give one, not both")
     if c.wandb and "wandb" not in c.report_to: out.append("wandb settings need report_to: [wandb]")
     if c.image_resize != "none" and c.image_size is None: out.append(f"image_resize={c.image_resize} needs image_size")
+    if c.pack_length and not c.packing: out.append("pack_length needs packing: true")
     if c.quantization and c.precision == "fp16" and not torch.cuda.is_available(): out.append("precision=fp16 with quantization needs a GPU")
     return out
 
@@ -175,16 +178,17 @@ AXOLOTL_KEYS = {
     "max_steps": "max_steps", "output_dir": "output_dir", "val_set_size": "val_set_size", "logging_steps": "logging_steps",
     "eval_steps": "eval_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit", "seed": "seed",
     "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "train_on_inputs": "train_on_inputs",
-    "resume_from_checkpoint": "resume_from_checkpoint", "image_size": "image_size",
+    "resume_from_checkpoint": "resume_from_checkpoint", "image_size": "image_size", "sample_packing": "packing",
     "image_resize_algorithm": "image_resample", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
     "lora_target_modules": "lora.target_modules", "peft_use_rslora": "lora.rslora", "peft_use_dora": "lora.dora",
     "lora_modules_to_save": None, "base_model": "base_model", "dataset_prepared_path": None,
 }
 AXOLOTL_NOOPS = {"skip_prepare_dataset", "remove_unused_columns", "processor_type", "tokenizer_type", "model_type",
                  "strict", "tf32", "dataset_prepared_path", "xformers_attention", "hub_model_id",
-                 "logging_first_step", "early_stopping_patience", "local_rank", "debug", "ddp_timeout", "save_first_step"}
-# Refused when set; unset, empty or false they mean what vlmnb does anyway (`sample_packing: false`, `lora_model_dir:`).
-AXOLOTL_UNSUPPORTED = {"sample_packing", "pad_to_sequence_len", "eval_sample_packing", "deepspeed", "fsdp", "fsdp_config",
+                 "logging_first_step", "early_stopping_patience", "local_rank", "debug", "ddp_timeout", "save_first_step",
+                 "eval_sample_packing"}  # vlmnb packs evaluation batches exactly as it packs training ones
+# Refused when set; unset, empty or false they mean what vlmnb does anyway (`pad_to_sequence_len: false`, `lora_model_dir:`).
+AXOLOTL_UNSUPPORTED = {"pad_to_sequence_len", "deepspeed", "fsdp", "fsdp_config",
                        "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "rl", "dpo_beta",
                        "relora_steps", "neftune_noise_alpha", "gptq", "load_best_model_at_end",
                        "lora_model_dir", "peft_layers_to_transform", "torch_compile", "tokens", "added_tokens_overrides"}
@@ -372,7 +376,8 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
-from .collate import VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow
+from .collate import (VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow,
+                          packing_efficiency, rope_index_of)
 from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -450,9 +455,23 @@ def run_settings(c: TrainConfig, text_config, budget: BudgetReport, attn_impleme
         need, free = activation_bytes(c, text_config, budget, attn_implementation), free_memory()
         ckpt, why_c = need > free / 2, f"activations ~{need / 2**20:,.0f} MiB, {free / 2**30:,.1f} GiB free"
     else: ckpt, why_c = bool(c.gradient_checkpointing), "set in the config"
-    return RunSettings(precision, ckpt, c.lora.dropout, "length-grouped" if c.group_by_length else "random",
+    return RunSettings(precision, ckpt, c.lora.dropout, ("length-grouped" if grouped(c) else "random") + (", packed" if c.packing else ""),
                        {"precision": why_p, "gradient_checkpointing": why_c})
 
+
+# %% ../nbs/04_train.ipynb #fe009b7d
+def grouped(c: TrainConfig) -> bool:
+    "Whether batches are length-grouped: `group_by_length`, except under packing where only an explicit setting keeps it."
+    return c.group_by_length and not (c.packing and "group_by_length" not in c.model_fields_set)
+
+def packing_note(c: TrainConfig, lengths: list[int]) -> str:
+    "The pre-flight's line on packing: rows, the share of real tokens packed and unpacked, and how batches are drawn."
+    e = packing_efficiency(lengths, c.batch_size, c.pack_length, c.seed)
+    rows = f"rows of up to {c.pack_length} tokens" if c.pack_length else "rows up to each batch's longest sample"
+    return (f"packing: {rows}; on this data {e['packed']:.0%} of packed tokens are real ({e['rows_per_batch']:.1f} rows a batch "
+            f"of {c.batch_size}) against {e['unpacked']:.0%} in random batches padded to their longest sample"
+            + ("; batches are length-grouped, as set" if grouped(c) else "; batches are drawn at random (length grouping leaves "
+               "nothing to pack; set group_by_length to keep it)"))
 
 # %% ../nbs/04_train.ipynb #ccb57359
 @dataclass
@@ -656,7 +675,7 @@ def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_st
         eval_strategy="steps" if (has_eval and eval_steps) else "no", eval_steps=eval_steps,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, save_total_limit=None,
         seed=c.seed, data_seed=c.seed, report_to=c.report_to or "none", remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if c.group_by_length else "random", length_column_name="length",
+        train_sampling_strategy="group_by_length" if grouped(c) else "random", length_column_name="length",
         dataloader_num_workers=c.num_workers, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
         disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=c.ddp_find_unused_parameters,
         bf16=settings.precision == "bf16", fp16=settings.precision == "fp16")
@@ -686,6 +705,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     if gap := prompt_gap(processor):  # e.g. Gemma 4's empty thought channel: trained without it, prompted with it
         notes.append(f"prompt: the chat template's generation prompt adds {gap!r} before an answer, which its rendered training "
                      "text does not have there: the model is trained without it and prompted with it (vlmnb trains what the template renders)")  # e.g. image paths accepted outside the root, as asked
+    if c.packing and arch.no_packing: raise ConfigError(f"packing: {arch.name} cannot pack: {arch.no_packing}. Set packing: false.")
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
     budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
     if budget.problems and c.on_bad_data == "raise":
@@ -706,6 +726,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
         with torch.device("meta"): model = transformers.AutoModelForImageTextToText.from_config(config)
     targets = lora_targets(model, lora_spec(c))
     settings = run_settings(c, config.get_text_config(), budget, attn)
+    if c.packing: notes.append(packing_note(c, fit.lengths if fit else [r.total for r in budget.rows]))
     steps_per_epoch = math.ceil(len(train_ds) / (c.batch_size * c.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))))
     eval_steps = per_epoch(c.eval_steps, c.evals_per_epoch, steps_per_epoch) if eval_ds is not None else None
     save_steps = per_epoch(c.save_steps, c.saves_per_epoch, steps_per_epoch)
@@ -1174,7 +1195,8 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
     from vlmnb.eval import GenerationEval
     out = Path(c.output_dir)
     collator = SkipBad(VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
-                                   append_eos=c.append_eos))
+                                   append_eos=c.append_eos, packing=c.packing, pack_length=c.pack_length,
+                                   rope_index=rope_index_of(peft_model) if c.packing else None))
     train_ds = pf.train.with_format(None).with_transform(guarded_transform(image_policy(c), c.on_bad_data, out/SKIPPED_FILE))
     history, stop = LossHistory(live=_in_notebook()), StopOnSignal()
     ckpt = CompleteCheckpoints(c.save_total_limit, record["run_id"], c.model_dump(mode="json"),
