@@ -30,7 +30,8 @@ __all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError'
            'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
            'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid',
            'tokens_html', 'SampleView', 'view_sample', 'inspect_samples', 'PackingError', 'check_packing',
-           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'pack_batch', 'packed_rows']
+           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'pack_batch', 'packed_rows', 'PackedView',
+           'view_packed']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -768,3 +769,36 @@ def packed_rows(collator: VLMCollator, samples: list[dict]) -> tuple[dict, list[
     batch, rows = pack_batch(out, [len(samples[i].get("images") or []) for i in order], collator.pack_length,
                              collator.processor.tokenizer.pad_token_id or 0, collator.rope_index)
     return batch, [[order[i] for i in row] for row in rows]
+
+# %% ../nbs/02_collate.ipynb #92de56d7
+@dataclass
+class PackedView:
+    "One packed row: the token table of each of its samples, and the padding after them."
+    row: int
+    samples: list[int]           # sample indices, in row order
+    tables: list[list[dict]]     # each sample's tokens as the row holds them
+    padding: int
+    width: int
+
+    def _repr_html_(self) -> str:
+        frames = "".join(f'<div class="vlmnb-packed-sample" style="border:2px solid #64748b;border-radius:4px;margin:3px 0;padding:3px">'
+                         f'<b>sample {i}</b>: {len(t)} tokens, {sum(r["has_loss"] for r in t)} with loss<br>{tokens_html(t)}</div>'
+                         for i, t in zip(self.samples, self.tables))
+        return (f'<div class="vlmnb-packed-row"><b>row {self.row}</b>: {len(self.samples)} samples, {self.width - self.padding} of '
+                f'{self.width} tokens real ({self.padding} padding)<div style="line-height:1.9">{frames}</div></div>')
+
+def view_packed(collator: VLMCollator, samples: list[dict], row: int = 0) -> PackedView:
+    "The `PackedView` of row `row` of the packed batch that `collator` makes of `samples`."
+    batch, rows = packed_rows(collator, samples)
+    pos = batch["position_ids"][0] if batch["position_ids"].ndim == 3 else batch["position_ids"]
+    starts = torch.nonzero(pos[row] == 0).flatten().tolist() + [pos.shape[1]]
+    tok, ids, labels = collator.processor.tokenizer, batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+    alone = replace(collator, packing=False)
+    tables = []
+    for k, i in enumerate(rows[row]):
+        own = token_table(alone, samples[i])  # roles as the sample has them alone; ids and labels as the row holds them
+        a = starts[k]
+        tables.append([{**r, "id": ids[a + j], "text": tok.decode([ids[a + j]]), "has_loss": labels[a + j] != -100, "position": a + j}
+                       for j, r in enumerate(own)])
+    real = sum(len(t) for t in tables)
+    return PackedView(row, rows[row], tables, pos.shape[1] - real, pos.shape[1])
