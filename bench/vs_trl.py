@@ -3,6 +3,10 @@
 
     python bench/vs_trl.py                      # LLaVA-shaped model, 400 samples: about 10 min on 2 CPU cores
     python bench/vs_trl.py --case qwen2-vl      # Qwen2-VL-shaped model, dynamic resolution
+    python bench/vs_trl.py --case smolvlm --samples 64   # real vocabulary: SmolVLM-256M's dimensions (49k tokens)
+    python bench/vs_trl.py --case qwen2-vl-152k --samples 48  # Qwen2-VL-2B's width and 152k vocabulary, 2 layers deep
+    python bench/vs_trl.py --quick              # a smoke run (CI): 8 samples, every run
+    python bench/vs_trl.py --peers llamafactory,ms-swift,axolotl   # the peers too, each in its own venv (bench/peers.py)
     python bench/vs_trl.py --json results.json  # also write every number as JSON (the results notebook reads it)
 
 Both tools get the same randomly-initialised model, the same synthetic data (written to disk once), the same LoRA
@@ -11,12 +15,16 @@ run trains in a process of its own and is measured the same way: batches are tim
 fetches them (`Trainer.get_batch_samples`, shared by both), and the held-out loss is computed after training by one
 function, in fp32, one sample at a time, on answer tokens only.
 
-Two comparisons:
+Three comparisons:
   (a) defaults: what each tool does untuned. TRL: `SFTConfig` defaults (bf16, activation checkpointing, random
       batches) and `ModelConfig`'s LoRA dropout 0.05. vlmnb: `TrainConfig` defaults (precision, checkpointing and
       dropout chosen for the hardware and the run, length-grouped batches).
   (b) matched: both with the same dropout, checkpointing, precision, scheduler and optimizer; what remains is how
-      vlmnb batches.
+      vlmnb batches and computes the loss (logits only at labelled positions).
+  (c) packed: vlmnb's defaults with `packing: true` (random batches, each packed into rows of its longest sample).
+
+Real tokens are counted from the attention mask, or in a packed batch (no mask) from the position ids that restart
+at each sample, the trailing padding left out.
 
 The last line is `speedup_vs_trl: X`, X being (a)'s ratio of real (non-padding) tokens per second.
 """
@@ -35,6 +43,10 @@ CASES = {
     "qwen2-vl": dict(model_type="qwen2_vl", text=dict(hidden_size=512, intermediate_size=896, num_hidden_layers=6, num_attention_heads=8),
                      vision=dict(depth=4, embed_dim=384, num_heads=6, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
                                  temporal_patch_size=2)),
+    # real vocabularies: the output layer and its loss at the sizes users train
+    "smolvlm": dict(model_type="smolvlm", preset="smolvlm-256m"),
+    "qwen2-vl-152k": dict(model_type="qwen2_vl", preset="qwen2-vl-2b",
+                          changes={"text_config": {"num_hidden_layers": 2}, "vision_config": {"depth": 2}}),
 }
 DATA_SEED = 0  # model weights and data are fixed; --seed is the training seed (LoRA init, batch order) shared by both tools
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -44,6 +56,10 @@ def build_model(case: str, out_dir: Path, seed: int) -> dict:
     import torch, transformers as T
     from vlmnb.load import CHAT_TEMPLATES, image_only, tiny_tokenizer
     spec = CASES[case]
+    if "preset" in spec:
+        from vlmnb.load import preset_model
+        model, processor = preset_model(spec["preset"], out_dir, seed=seed, changes=spec.get("changes"))
+        return flop_sizes(model, case) | {"pad_id": processor.tokenizer.pad_token_id}
     tok = tiny_tokenizer(spec["model_type"])
     text = dict(spec["text"], num_key_value_heads=spec["text"]["num_attention_heads"], vocab_size=len(tok), initializer_range=0.02,
                 max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
@@ -67,27 +83,31 @@ def build_model(case: str, out_dir: Path, seed: int) -> dict:
     torch.manual_seed(seed)
     model = T.AutoModelForImageTextToText.from_config(config)
     model.save_pretrained(out_dir); processor.save_pretrained(out_dir)
-    return flop_sizes(model, case)
+    return flop_sizes(model, case) | {"pad_id": tok.pad_token_id}
 
 def flop_sizes(model, case: str) -> dict:
     "Weights each token or patch is multiplied by, and the attention sizes, for the FLOP count."
     import torch
     def matmul_weights(module) -> int:
         return sum(m.weight.numel() for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)))
-    lm = model.model.language_model
-    vision = model.model.vision_tower if case == "llava" else model.model.visual
+    kind = CASES[case]["model_type"]
+    lm = model.model.text_model if kind == "smolvlm" else model.model.language_model
+    vision = getattr(model.model, {"llava": "vision_tower", "smolvlm": "vision_model"}.get(kind, "visual"))
     tc = model.config.text_config
-    if case == "llava":
+    extra = {}
+    if kind in ("llava", "smolvlm"):
         vc = model.config.vision_config
         vision_layers, vision_width = vc.num_hidden_layers, vc.hidden_size
-        projector = matmul_weights(model.model.multi_modal_projector)
+        projector = matmul_weights(model.model.multi_modal_projector if kind == "llava" else model.model.connector)
+        if kind == "smolvlm": extra = {"image_side": vc.image_size, "patch": vc.patch_size, "merge": model.config.scale_factor ** 2}
     else:
         vc = model.config.vision_config
         vision_layers, vision_width = vc.depth, vc.embed_dim
         projector = matmul_weights(vision.merger)  # counted per merged token, so taken out of the per-patch weights below
     return {"params": sum(p.numel() for p in model.parameters()), "lm_weights": matmul_weights(lm) + model.lm_head.weight.numel(),
             "lm_layers": tc.num_hidden_layers, "lm_width": tc.hidden_size, "vision_weights": matmul_weights(vision) - (0 if case == "llava" else projector),
-            "vision_layers": vision_layers, "vision_width": vision_width, "projector_weights": projector, "case": case}
+            "vision_layers": vision_layers, "vision_width": vision_width, "projector_weights": projector, "case": case,
+            "kind": kind, "vocab": model.lm_head.weight.shape[0], **extra}
 
 def train_flops(sizes: dict, tokens: list[int], patches: list[int], image_tokens: int) -> float:
     """Model FLOPs of one training step: 3x the forward (PaLM's convention: 2 per weight per token, 4*L*d*T^2 for attention,
@@ -97,6 +117,19 @@ def train_flops(sizes: dict, tokens: list[int], patches: list[int], image_tokens
     fwd += sum(2 * s["vision_weights"] * p + 4 * s["vision_layers"] * s["vision_width"] * p * p for p in patches)
     fwd += 2 * s["projector_weights"] * image_tokens
     return 3 * fwd
+
+def real_lengths(batch, pad_id: int) -> list[int]:
+    "Real tokens of each sample in a batch: from the attention mask, or in a packed batch from where the positions restart."
+    import torch
+    mask = batch.get("attention_mask")
+    if torch.is_tensor(mask) and mask.dim() == 2: return mask.sum(1).tolist()  # packed: no mask, or a mapping of 4-D masks (Gemma)
+    pos = batch["position_ids"][0] if batch["position_ids"].dim() == 3 else batch["position_ids"]
+    out = []
+    for r in range(pos.shape[0]):
+        starts = (pos[r] == 0).nonzero().flatten().tolist() + [pos.shape[1]]
+        for a, b in zip(starts, starts[1:]):
+            if not (batch["input_ids"][r, a:b] == pad_id).all(): out.append(b - a)  # the trailing padding is a sequence of its own
+    return out
 
 # ---------------------------------------------------------------- synthetic data: images 160-640 px, 18% two images
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
@@ -177,6 +210,7 @@ RUNS = {  # name: (tool, comparison, settings beyond the shared ones)
     "vlmnb-defaults": ("vlmnb", "a", {}),
     "trl-matched": ("trl", "b", {"dropout": 0.0, "gradient_checkpointing": False, "bf16": True, "scheduler": "linear", "optim": "adamw_torch_fused"}),
     "vlmnb-matched": ("vlmnb", "b", {"dropout": 0.0, "gradient_checkpointing": False, "bf16": True, "scheduler": "linear", "optim": "adamw_torch_fused"}),
+    "vlmnb-packed": ("vlmnb", "c", {"packing": True}),
 }
 
 class Meter:
@@ -197,12 +231,15 @@ class Meter:
         transformers.Trainer.get_batch_samples = get_batch_samples
 
     def count(self, batch):
-        mask = batch["attention_mask"]
-        tokens = mask.sum(1).tolist()
-        self.real += sum(tokens); self.total += mask.numel(); self.samples += len(tokens)
+        tokens = real_lengths(batch, self.sizes.get("pad_id", 0))
+        self.real += sum(tokens); self.total += batch["input_ids"].numel(); self.samples += len(tokens)
         if "image_grid_thw" in batch:  # Qwen2-VL: patches per image; merged 2x2 into image tokens
             patches = batch["image_grid_thw"].prod(1).tolist()
             image_tokens = sum(patches) // 4
+        elif self.sizes.get("kind") == "smolvlm":  # [samples, images, ...], all-zero images are padding; pixel shuffle merges patches
+            n = int((batch["pixel_values"].flatten(2) != 0).any(-1).sum())
+            side = self.sizes["image_side"] // self.sizes["patch"]
+            patches, image_tokens = [side * side] * n, side * side // self.sizes["merge"] * n
         else:
             n = batch["pixel_values"].shape[0]
             side = self.sizes["image_side"] // self.sizes["patch"]
@@ -234,9 +271,9 @@ def _vram():
 def _trl(work: Path, settings: dict, meter: Meter, args):
     import datasets, transformers
     from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
-    if args.case == "qwen2-vl": import vlmnb.load  # noqa: F401  registers the image-only Qwen2-VL processor (no torchvision here)
+    from vlmnb.load import load_processor  # the family's processor; with a video slot (Qwen2-VL, SmolVLM) built without it
     model = transformers.AutoModelForImageTextToText.from_pretrained(work/"model")
-    processor = transformers.AutoProcessor.from_pretrained(work/"model")
+    processor = load_processor(str(work/"model"))
     rows = [json.loads(l) for l in (work/"train"/"samples.jsonl").read_text().splitlines()]
     features = datasets.Features({"messages": datasets.List({"role": datasets.Value("string"), "content": datasets.List(
         {"type": datasets.Value("string"), "text": datasets.Value("string")})}), "images": datasets.List(datasets.Image())})
@@ -246,7 +283,7 @@ def _trl(work: Path, settings: dict, meter: Meter, args):
     names = {"gradient_checkpointing": "gradient_checkpointing", "bf16": "bf16", "scheduler": "lr_scheduler_type", "optim": "optim"}
     extra = {names[k]: v for k, v in settings.items() if k in names}
     config = SFTConfig(output_dir=str(work/"runs"/args.worker), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-                       num_train_epochs=1, seed=args.seed, assistant_only_loss=True, max_length=None if args.case == "qwen2-vl" else 1024,
+                       num_train_epochs=1, seed=args.seed, assistant_only_loss=True, max_length=None if CASES[args.case]["model_type"] == "qwen2_vl" else 1024,
                        report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=True,
                        use_cpu=not _cuda(), **extra)
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, processing_class=processor,
@@ -264,6 +301,7 @@ def _vlmnb(work: Path, settings: dict, meter: Meter, args):
     names = {"gradient_checkpointing": "gradient_checkpointing", "scheduler": "lr_scheduler", "optim": "optimizer"}
     config.update({names[k]: v for k, v in settings.items() if k in names})
     if "bf16" in settings: config["precision"] = "bf16" if settings["bf16"] else "fp32"
+    if settings.get("packing"): config["packing"] = True
     result = train(config, callbacks=[meter.callback()])
     return result.metrics["settings"]
 
@@ -309,6 +347,32 @@ def worker(args) -> None:
     (work/"runs"/f"{args.worker}.json").write_text(json.dumps(report, indent=1))
 
 # ---------------------------------------------------------------- the driver
+def environment() -> dict:
+    "Commit, library versions and machine, for the results JSON."
+    import platform, importlib.metadata as md
+    try: commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError: commit = ""
+    versions = {}
+    for name in ("vlmnb", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+        try: versions[name] = md.version(name)
+        except md.PackageNotFoundError: versions[name] = None
+    return {"commit": commit, "versions": versions, "python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "processor": platform.processor()}
+
+def run_peers(args, work: Path, reports: dict) -> dict:
+    "Each peer asked for, in its own venv and process (bench/peers.py); a peer that cannot run reports why."
+    sys.path.insert(0, str(Path(__file__).parent))
+    import peers
+    out = {}
+    for name in [n for n in args.peers.split(",") if n]:
+        for setting in peers.settings_of(name):
+            key = f"{name}-{setting}"
+            out[key] = peers.run_peer(name, setting, work, args.case, args)
+            r = out[key]
+            print(f"  {key}: " + (f"did not run: {r['error']}" if "error" in r else
+                                  f"{r['tokens_per_s']:.0f} tokens/s, eval loss {r.get('eval_loss', float('nan')):.4f}"), flush=True)
+    return out
+
 def _fmt(r: dict) -> list[str]:
     return [r["run"], f"{r['tokens_per_s']:.0f}", f"{r['samples_per_s']:.2f}", f"{r['padding']:.1%}", f"{r['peak_rss_mib']:.0f}",
             f"{r['data_share']:.1%}", f"{r['mfu']:.1%}", f"{r['eval_loss']:.4f}", f"{r['train_s']:.0f}", f"{r['setup_s']:.0f}",
@@ -351,9 +415,13 @@ def main(argv=None) -> int:
     p.add_argument("--loss-tolerance", type=float, default=0.02, help="vlmnb's eval loss may exceed TRL's by this fraction")
     p.add_argument("--workdir", help="keep model, data and run folders here (default: a temporary folder)")
     p.add_argument("--json", help="write the reports and comparisons here")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 8 training and 2 held-out samples")
+    p.add_argument("--peers", default="", help="comma-separated peers to run too, each in its own venv (bench/peers.py): "
+                   "llamafactory, ms-swift, axolotl; `python bench/peers.py install` sets them up")
     p.add_argument("--worker", choices=list(RUNS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker: worker(args); return 0
+    if args.quick: args.samples, args.heldout = 8, 2
 
     t0 = time.time()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vlmnb-bench-"))
@@ -380,14 +448,26 @@ def main(argv=None) -> int:
         print(f"  {name}: {reports[name]['tokens_per_s']:.0f} tokens/s, eval loss {reports[name]['eval_loss']:.4f}", flush=True)
     print()
     print(table(list(reports.values())))
+    peer_reports = run_peers(args, work, reports) if args.peers else {}
     result = {"case": args.case, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "device": device, "sizes": sizes,
-              "peak_flops": peak, "reports": reports, "seconds": time.time() - t0}
+              "peak_flops": peak, "reports": reports, "peers": peer_reports, "seconds": time.time() - t0, "environment": environment()}
     print()
-    for key, (v, t) in {"a": ("vlmnb-defaults", "trl-defaults"), "b": ("vlmnb-matched", "trl-matched")}.items():
+    for key, (v, t) in {"a": ("vlmnb-defaults", "trl-defaults"), "b": ("vlmnb-matched", "trl-matched"),
+                        "c": ("vlmnb-packed", "trl-defaults")}.items():
         if v in reports and t in reports:
             c = result[key] = compare(reports, v, t, args.loss_tolerance)
             print(f"({key}) {v} / {t}: {c['speedup']:.2f}x tokens/s, {c['end_to_end']:.2f}x end to end (setup included); eval loss "
                   f"{c['eval_loss_delta']:+.4f} ({'within' if c['loss_ok'] else 'OUTSIDE'} {args.loss_tolerance:.0%}); RSS {c['rss_ratio']:.2f}x")
+    if "vlmnb-packed" in reports and "vlmnb-defaults" in reports:
+        r = reports["vlmnb-packed"]["tokens_per_s"] / reports["vlmnb-defaults"]["tokens_per_s"]
+        result["packing_speedup"] = r
+        print(f"packing: vlmnb-packed / vlmnb-defaults {r:.2f}x tokens/s; padding {reports['vlmnb-defaults']['padding']:.1%} -> "
+              f"{reports['vlmnb-packed']['padding']:.1%}")
+    for name, r in peer_reports.items():
+        if "error" in r: print(f"peer {name}: did not run: {r['error']}"); continue
+        if "vlmnb-defaults" in reports:
+            c = result.setdefault("vs_peers", {})[name] = reports["vlmnb-defaults"]["tokens_per_s"] / r["tokens_per_s"]
+            print(f"vlmnb-defaults / {name}: {c:.2f}x tokens/s; eval loss {reports['vlmnb-defaults']['eval_loss'] - r.get('eval_loss', float('nan')):+.4f}")
     print(f"whole benchmark: {(time.time() - t0) / 60:.1f} min")
     if args.json: Path(args.json).write_text(json.dumps(result, indent=1))
     if "a" in result: print(f"speedup_vs_trl: {result['a']['speedup']:.2f}")

@@ -30,8 +30,8 @@ __all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError'
            'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
            'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid',
            'tokens_html', 'SampleView', 'view_sample', 'inspect_samples', 'PackingError', 'check_packing',
-           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'pack_batch', 'packed_rows', 'PackedView',
-           'view_packed']
+           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'packed_masks', 'pack_batch', 'packed_rows',
+           'PackedView', 'view_packed']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -258,7 +258,7 @@ class VLMCollator:
     append_eos: bool | None = None  # write eos (with a label) after each answer; None: when the template writes no end-of-turn token
     packing: bool = False           # several samples per row (position ids restart per sample; see Packing)
     pack_length: int | None = None  # tokens per packed row (default: the batch's longest sample)
-    rope_index: object = None       # the model's `get_rope_index`, for families with 3-D rotary positions (`rope_index_of(model)`)
+    model: object = None            # the model, when packing needs its rotary positions or mask geometry (Qwen-VL, GLM, Gemma 3/4)
 
     def __post_init__(self):
         if self.arch is None:
@@ -274,7 +274,7 @@ class VLMCollator:
         if self.eos_appended and not self.stop_token:
             raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
                              "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
-        if self.packing: check_packing(self.arch, self.rope_index)
+        if self.packing: check_packing(self.arch, self.model)
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
@@ -668,11 +668,12 @@ def inspect_samples(ds, collator: VLMCollator, max_length: int | None = None, re
 class PackingError(ValueError):
     "Packing asked of a family, or without what it needs, where packed samples would not stay apart."
 
-def check_packing(arch: Arch, rope_index=None) -> None:
-    "Refuse packing for a family whose packed samples would not stay apart, or without the rope function it needs."
+def check_packing(arch: Arch, model=None) -> None:
+    "Refuse packing for a family whose packed samples would not stay apart, or without the model it needs."
     if arch.no_packing: raise PackingError(f"packing: {arch.name} cannot pack: {arch.no_packing}. Train it unpacked (packing: false).")
-    if arch.rope_index and rope_index is None:
-        raise PackingError(f"packing: {arch.name} needs its 3-D rotary positions per sample: pass rope_index=rope_index_of(model).")
+    if (arch.rope_index or arch.packed_blocks) and model is None:
+        why = "3-D rotary positions per sample" if arch.rope_index else "mask geometry (sliding window, attention implementation)"
+        raise PackingError(f"packing: {arch.name} needs its model for its {why}: pass VLMCollator(..., model=model).")
 
 def rope_index_of(model):
     "The model's own 3-D rotary position function (`get_rope_index`), wherever PEFT or the family put it; None if it has none."
@@ -712,6 +713,30 @@ def packing_efficiency(lengths: list[int], batch_size: int, pack_length: int | N
         packed += len(r) * max(sum(n[i] for i in row) for row in r)
     return {"unpacked": real / padded, "packed": real / packed, "rows_per_batch": rows / math.ceil(len(lengths) / batch_size)}
 
+# %% ../nbs/02_collate.ipynb #64144ee6
+def _blocks(batch: dict, key: str) -> torch.Tensor:
+    "Per token, the bidirectional block (image) it belongs to, numbered along the row; -1 outside blocks (as Gemma 3/4 number them)."
+    t = batch[key]
+    inside = (t == 1) | (t == 2) if key == "mm_token_type_ids" else t == 1  # Gemma 4: images and videos; Gemma 3: images
+    starts = inside & ~torch.nn.functional.pad(inside, (1, 0))[:, :-1]
+    return torch.where(inside, starts.long().cumsum(1) - 1, -1)
+
+def packed_masks(batch: dict, positions: torch.Tensor, arch: Arch, model) -> dict | None:
+    "Each layer type's mask for packed rows of a family whose image blocks attend both ways: per sample, on the block diagonal."
+    text = model.config.get_text_config()
+    if arch.model_type == "gemma4" and getattr(text, "use_bidirectional_attention", None) != "vision": return None  # causal only
+    sample = (positions == 0).long().cumsum(1)
+    n = positions.shape[1]
+    q, k = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    g = _blocks(batch, arch.packed_blocks)
+    same = sample[:, :, None] == sample[:, None, :]
+    full = same & ((k <= q) | ((g[:, :, None] == g[:, None, :]) & (g[:, :, None] >= 0)))
+    masks = {"full_attention": full}
+    if getattr(text, "sliding_window", None): masks["sliding_attention"] = full & (k > q - text.sliding_window)
+    if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        return {t: torch.zeros(m.shape, dtype=torch.float32).masked_fill(~m, torch.finfo(torch.float32).min)[:, None] for t, m in masks.items()}
+    return {t: m[:, None] for t, m in masks.items()}
+
 # %% ../nbs/02_collate.ipynb #a9c96560
 PACKED_PER_TOKEN = {"input_ids": None, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
 
@@ -739,7 +764,7 @@ def _rope_positions(out, rows, lengths, width, images_per_sample, rope_index) ->
     return rope
 
 def pack_batch(out: dict, images_per_sample: list[int], pack_length: int | None = None, pad_id: int = 0,
-               rope_index=None) -> tuple[dict, list[list[int]]]:
+               model=None, arch: Arch | None = None) -> tuple[dict, list[list[int]]]:
     "Packed rows from a padded batch: consecutive samples up to `pack_length` tokens a row; the batch and each row's samples."
     lengths = out["attention_mask"].sum(1).tolist()
     rows = next_fit(lengths, pack_length or max(lengths))
@@ -754,7 +779,9 @@ def pack_batch(out: dict, images_per_sample: list[int], pack_length: int | None 
         packed[k] = t
     pos = _positions(rows, lengths, width)
     packed["labels"] = packed["labels"].masked_fill(pos == 0, -100)  # no sample's first token is predicted from the one before
-    if rope_index is not None: pos = torch.cat([pos[None], _rope_positions(out, rows, lengths, width, images_per_sample, rope_index)])
+    if arch is not None and arch.packed_blocks: packed["attention_mask"] = packed_masks(packed, pos, arch, model)
+    if arch is not None and arch.rope_index:
+        pos = torch.cat([pos[None], _rope_positions(out, rows, lengths, width, images_per_sample, rope_index_of(model))])
     packed["position_ids"], packed["use_cache"] = pos, False
     return packed, rows
 
@@ -767,7 +794,7 @@ def packed_rows(collator: VLMCollator, samples: list[dict]) -> tuple[dict, list[
     unpacked = replace(collator, packing=False)
     out = unpacked([samples[i] for i in order])
     batch, rows = pack_batch(out, [len(samples[i].get("images") or []) for i in order], collator.pack_length,
-                             collator.processor.tokenizer.pad_token_id or 0, collator.rope_index)
+                             collator.processor.tokenizer.pad_token_id or 0, collator.model, collator.arch)
     return batch, [[order[i] for i in row] for row in rows]
 
 # %% ../nbs/02_collate.ipynb #92de56d7

@@ -51,6 +51,7 @@ class Arch:
     stop_token: str = ""               # appended (with a label) where the template ends an answer with no special token; default eos
     rope_index: bool = False           # 3-D rotary positions from the model's own `get_rope_index` (packed rows need them per sample)
     no_packing: str = ""               # why packed samples would not stay apart in this family (empty: packing is exact)
+    packed_blocks: str = ""            # token-type key of image blocks that attend both ways: packed rows get vlmnb's masks
 
     @property
     def lora_target(self) -> str:
@@ -86,7 +87,9 @@ _QWEN3_5_CAVEATS = ("Hybrid layers: Gated DeltaNet (linear attention, `linear_at
                     "would leak into each other (packing is refused). The chat template writes an empty "
                     "`<think>\\n\\n</think>\\n\\n` before the last answer; vlmnb renders with enable_thinking=False, so "
                     "prompts end with it and only the answer and <|im_end|> carry loss.")
-_GEMMA_PACKING = ("its image tokens attend to each other both ways through a mask overlay (token_type_ids) that transformers 5.23 composes before it remaps positions for packed rows, so in its sliding-window layers a packed sample reads another sample's image blocks (the packing parity test measures per-sample losses off by up to 1%)")
+_PALIGEMMA_PACKING = ("its prefix (image and prompt) attends both ways through one block id that transformers 5.23 gives every "
+                      "prefix of a row, so packed samples' prefixes would see each other, and its model builds its mask itself "
+                      "(it takes no precomputed one): measured in tests/test_packing.py")
 _QWEN3_5_PACKING = ("its Gated DeltaNet layers mix each row's tokens in one recurrence: the torch fallback ignores cu_seqlens, so "
                     "packed samples would leak into each other (pinned by a test)")
 
@@ -105,7 +108,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
          example="llava-hf/llava-v1.6-mistral-7b-hf", caveats="`model.image_newline` is a trained parameter outside the projector."),
     Arch("gemma3", "Gemma 3", "Gemma3ForConditionalGeneration", **_LLAVA, image_token="<image_soft_token>",
          vision_tokens=("<start_of_image>", "<end_of_image>"), example="google/gemma-3-4b-it",
-         caveats="Needs `token_type_ids` in training (bidirectional attention over image tokens).", no_packing=_GEMMA_PACKING),
+         caveats="Needs `token_type_ids` in training (bidirectional attention over image tokens).", packed_blocks="token_type_ids"),
     Arch("mllama", "Mllama (Llama 3.2 Vision)", "MllamaForConditionalGeneration", language_model="model.language_model",
          vision_tower="model.vision_model", projector="model.multi_modal_projector", image_token="<|image|>",
          example="meta-llama/Llama-3.2-11B-Vision-Instruct",
@@ -114,7 +117,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
          caveats="Images enter through cross-attention layers whose tanh gates start at zero; one `<|image|>` token per image, "
                  "and in the real checkpoints its id lies past the vocabulary, so it must never be a label."),
     Arch("paligemma", "PaliGemma", "PaliGemmaForConditionalGeneration", **_LLAVA, image_token="<image>",
-         example="google/paligemma2-3b-pt-224", no_packing=_GEMMA_PACKING.replace("image tokens", "prefix tokens (image and prompt)"),
+         example="google/paligemma2-3b-pt-224", no_packing=_PALIGEMMA_PACKING,
          caveats="No chat format: prefix (image + prompt) attends bidirectionally, the suffix (answer) causally; labels must "
                  "come from the processor's `suffix`, with `token_type_ids` marking the suffix."),
     Arch("mistral3", "Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", **_LLAVA, image_token="[IMG]",
@@ -143,7 +146,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
     Arch("gemma4", "Gemma 4", "Gemma4ForConditionalGeneration", language_model="model.language_model",
          vision_tower="model.vision_tower", projector="model.embed_vision", image_token="<|image|>",
          vision_tokens=("<|image>", "<image|>", "<|video|>"), example="google/gemma-4-31B-it", processor_class="Gemma4Processor",
-         no_packing=_GEMMA_PACKING,
+         packed_blocks="mm_token_type_ids",
          caveats="Turns are `<|turn>role ... <turn|>`; the template trims answers and strips their thinking channels, and its "
                  "generation prompt (thinking off) adds an empty `<|channel>thought\\n<channel|>` that trained turns lack. "
                  "Variable image tokens per image (up to the image processor's `max_soft_tokens`, 280 by default); the 26B/31B "
@@ -1042,13 +1045,14 @@ def _free_bytes(device) -> int | None:
     try: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError): return None
 
-def preset_model(name: str, out_dir: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0):
-    "A randomly-initialised model with the dimensions of a real checkpoint (`PRESETS`), and its processor."
+def preset_model(name: str, out_dir: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0,
+                 changes: dict | None = None):
+    "A randomly-initialised model with the dimensions of a real checkpoint (`PRESETS`), and its processor; `changes` alter them."
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}.")
     model_type, overrides, proc_kw = PRESETS[name]
     tok = tiny_tokenizer(model_type)
     config, processor = _BUILDERS[model_type](tok, model_type)
-    config = _merge(config, overrides)
+    config = _merge(_merge(config, overrides), changes or {})  # e.g. fewer layers, to fit a benchmark
     if (free := _free_bytes(device)) is not None:  # counted on the meta device first: a 31B preset must not die half-allocated
         with torch.device("meta"): n = sum(p.numel() for p in AutoModelForImageTextToText.from_config(config).parameters())
         if (need := 4 * n) > free:

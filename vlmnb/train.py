@@ -377,7 +377,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 # %% ../nbs/04_train.ipynb #fdaeee59
 from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
 from .collate import (VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow,
-                          packing_efficiency, rope_index_of)
+                          packing_efficiency)
 from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -1196,7 +1196,7 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
     out = Path(c.output_dir)
     collator = SkipBad(VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
                                    append_eos=c.append_eos, packing=c.packing, pack_length=c.pack_length,
-                                   rope_index=rope_index_of(peft_model) if c.packing else None))
+                                   model=peft_model if c.packing else None))
     train_ds = pf.train.with_format(None).with_transform(guarded_transform(image_policy(c), c.on_bad_data, out/SKIPPED_FILE))
     history, stop = LossHistory(live=_in_notebook()), StopOnSignal()
     ckpt = CompleteCheckpoints(c.save_total_limit, record["run_id"], c.model_dump(mode="json"),
