@@ -73,9 +73,12 @@ outputs: install
 demo: install
 	$(BIN)/vlmnb train --set output_dir=outputs/demo
 
-# vlmnb against TRL on the same model and data (about 12 min on 2 CPU cores); the results page reads the JSON.
+# vlmnb against TRL and the peers on the same model and data; the peers' venvs are installed first (once, idempotently,
+# under $$VLMNB_PEERS, default ~/.cache/vlmnb-peers; never vlmnb dependencies). The results page reads the JSON.
+PEERS ?= llamafactory,ms-swift,axolotl
 bench: install
-	$(PY) bench/vs_trl.py --json bench/results/llava-cpu.json
+	$(PY) bench/peers.py install --peers $(PEERS)
+	$(PY) bench/vs_trl.py --peers $(PEERS) --json bench/results/llava-cpu.json
 
 # What `nbdev-proc-nbs` does, without its insistence on installing quarto (which cannot be installed here; the docs
 # workflow renders with quarto): refresh nbdev.yml, rebuild the module index, and process the notebooks into _proc/.

@@ -44,12 +44,13 @@ CASES = {
                      vision=dict(depth=4, embed_dim=384, num_heads=6, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
                                  temporal_patch_size=2)),
     # real vocabularies: the output layer and its loss at the sizes users train
-    "smolvlm": dict(model_type="smolvlm", preset="smolvlm-256m"),
+    # one 512-px view an image (no splitting into up to 16 tiles, which on 2 CPU cores takes minutes a sample)
+    "smolvlm": dict(model_type="smolvlm", preset="smolvlm-256m", image_processor={"do_image_splitting": False}),
     "qwen2-vl-152k": dict(model_type="qwen2_vl", preset="qwen2-vl-2b",
                           changes={"text_config": {"num_hidden_layers": 2}, "vision_config": {"depth": 2}}),
 }
 DATA_SEED = 0  # model weights and data are fixed; --seed is the training seed (LoRA init, batch order) shared by both tools
-LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # SmolVLM: text_model
 
 def build_model(case: str, out_dir: Path, seed: int) -> dict:
     "Save the case's randomly-initialised model and processor to `out_dir`; return the sizes the FLOP count needs."
@@ -59,6 +60,8 @@ def build_model(case: str, out_dir: Path, seed: int) -> dict:
     if "preset" in spec:
         from vlmnb.load import preset_model
         model, processor = preset_model(spec["preset"], out_dir, seed=seed, changes=spec.get("changes"))
+        for k, v in spec.get("image_processor", {}).items(): setattr(processor.image_processor, k, v)
+        processor.save_pretrained(out_dir)
         return flop_sizes(model, case) | {"pad_id": processor.tokenizer.pad_token_id}
     tok = tiny_tokenizer(spec["model_type"])
     text = dict(spec["text"], num_key_value_heads=spec["text"]["num_attention_heads"], vocab_size=len(tok), initializer_range=0.02,
@@ -105,7 +108,7 @@ def flop_sizes(model, case: str) -> dict:
         vision_layers, vision_width = vc.depth, vc.embed_dim
         projector = matmul_weights(vision.merger)  # counted per merged token, so taken out of the per-patch weights below
     return {"params": sum(p.numel() for p in model.parameters()), "lm_weights": matmul_weights(lm) + model.lm_head.weight.numel(),
-            "lm_layers": tc.num_hidden_layers, "lm_width": tc.hidden_size, "vision_weights": matmul_weights(vision) - (0 if case == "llava" else projector),
+            "lm_layers": tc.num_hidden_layers, "lm_width": tc.hidden_size, "vision_weights": matmul_weights(vision) - (projector if kind == "qwen2_vl" else 0),
             "vision_layers": vision_layers, "vision_width": vision_width, "projector_weights": projector, "case": case,
             "kind": kind, "vocab": model.lm_head.weight.shape[0], **extra}
 
@@ -296,7 +299,8 @@ def _vlmnb(work: Path, settings: dict, meter: Meter, args):
     from vlmnb import train
     config = {"base_model": str(work/"model"), "datasets": [{"path": str(work/"train"/"samples.jsonl")}],
               "batch_size": args.batch_size, "learning_rate": args.lr, "epochs": 1, "seed": args.seed,
-              "lora": {"r": args.lora_r, "alpha": args.lora_alpha}, "output_dir": str(work/"runs"/args.worker), "progress_bar": False}
+              "lora": {"r": args.lora_r, "alpha": args.lora_alpha}, "output_dir": str(work/"runs"/args.worker), "progress_bar": False,
+              "overwrite_output_dir": True}  # a rerun in the same --workdir replaces its run
     if "dropout" in settings: config["lora"]["dropout"] = settings["dropout"]
     names = {"gradient_checkpointing": "gradient_checkpointing", "scheduler": "lr_scheduler", "optim": "optimizer"}
     config.update({names[k]: v for k, v in settings.items() if k in names})
@@ -365,7 +369,7 @@ def run_peers(args, work: Path, reports: dict) -> dict:
     import peers
     out = {}
     for name in [n for n in args.peers.split(",") if n]:
-        for setting in peers.settings_of(name):
+        for setting in (peers.PEERS[name]["settings"] if name in peers.PEERS else ("unpacked",)):
             key = f"{name}-{setting}"
             out[key] = peers.run_peer(name, setting, work, args.case, args)
             r = out[key]

@@ -170,3 +170,18 @@ def test_gemma3_without_vlmnbs_masks_leaks():
         off = max(abs(together[i] - label_loss(model, VLMCollator(processor, model_type="gemma3")([s]))[0].item()) / together[i]
                   for i, s in enumerate(data))
     assert off > 1e-4, f"transformers now keeps packed Gemma 3 samples apart by itself ({off:.1e}): vlmnb's masks may go"
+
+
+def test_qwen_vl_needs_the_text_row_of_position_ids():
+    """transformers 5.23's Qwen2-VL reads packed rows from position_ids of shape [4, rows, length] only: row 0 (text
+    positions) is what its mask builder sees. The same rows with the three rotary rows alone ([3, rows, length]) leak."""
+    model, processor = model_for("qwen2_vl")
+    data = samples()
+    packed, rows = packed_rows(packer(model, processor, "qwen2_vl", pack_length=10_000), data)
+    assert packed["position_ids"].shape[0] == 4
+    three = {**packed, "position_ids": packed["position_ids"][1:]}
+    with torch.no_grad():
+        alone = [label_loss(model, VLMCollator(processor, model_type="qwen2_vl")([s]))[0].item() for s in data]
+        good, bad = per_sample(model, packed, rows), per_sample(model, three, rows)
+    assert all(good[i] == pytest.approx(alone[i], rel=1e-4) for i in range(len(data)))
+    assert any(abs(bad[i] - alone[i]) > 1e-3 * alone[i] for i in range(len(data)))

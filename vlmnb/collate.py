@@ -724,6 +724,9 @@ def _blocks(batch: dict, key: str) -> torch.Tensor:
 def packed_masks(batch: dict, positions: torch.Tensor, arch: Arch, model) -> dict | None:
     "Each layer type's mask for packed rows of a family whose image blocks attend both ways: per sample, on the block diagonal."
     text = model.config.get_text_config()
+    if model.config._attn_implementation == "flash_attention_2":
+        raise PackingError(f"packing: {arch.name}'s image tokens attend to each other both ways, which flash-attention's "
+                           "per-sample lengths cannot express: pack with attn_implementation sdpa or eager.")
     if arch.model_type == "gemma4" and getattr(text, "use_bidirectional_attention", None) != "vision": return None  # causal only
     sample = (positions == 0).long().cumsum(1)
     n = positions.shape[1]
