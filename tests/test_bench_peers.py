@@ -274,7 +274,7 @@ def work(tmp_path_factory):
     "A small bench work folder (LLaVA case, 4 training samples, 2 held out), as `vs_trl.py --workdir` makes it."
     work = tmp_path_factory.mktemp("peers-work")
     vs_trl.prepare(work, Namespace(case="llava", samples=4, heldout=2))
-    (work/"peak.json").write_text(json.dumps({"bf16": 1e11, "fp32": 5e10}))
+    (work/"peak.json").write_text(json.dumps({"bf16": 1e13, "fp32": 1e13}))  # above any CPU here: MFU stays below 1 however fast the run
     return work
 
 @pytest.mark.parametrize("peer", list(peers.PEERS))
