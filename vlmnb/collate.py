@@ -275,6 +275,7 @@ class VLMCollator:
             raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
                              "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
         if self.packing: check_packing(self.arch, self.model)
+        self.unpacked = replace(self, packing=False) if self.packing else self  # packing tokenizes one sample a row first
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
@@ -794,8 +795,7 @@ def packed_rows(collator: VLMCollator, samples: list[dict]) -> tuple[dict, list[
     if all(s.get("length") for s in samples):  # the pre-flight's token counts: first-fit decreasing, then fill rows in that order
         order = [i for row in pack_rows([s["length"] for s in samples], collator.pack_length or max(s["length"] for s in samples)) for i in row]
     else: order = list(range(len(samples)))
-    unpacked = replace(collator, packing=False)
-    out = unpacked([samples[i] for i in order])
+    out = collator.unpacked([samples[i] for i in order])
     batch, rows = pack_batch(out, [len(samples[i].get("images") or []) for i in order], collator.pack_length,
                              collator.processor.tokenizer.pad_token_id or 0, collator.model, collator.arch)
     return batch, [[order[i] for i in row] for row in rows]
@@ -823,7 +823,7 @@ def view_packed(collator: VLMCollator, samples: list[dict], row: int = 0) -> Pac
     pos = batch["position_ids"][0] if batch["position_ids"].ndim == 3 else batch["position_ids"]
     starts = torch.nonzero(pos[row] == 0).flatten().tolist() + [pos.shape[1]]
     tok, ids, labels = collator.processor.tokenizer, batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
-    alone = replace(collator, packing=False)
+    alone = collator.unpacked
     tables = []
     for k, i in enumerate(rows[row]):
         own = token_table(alone, samples[i])  # roles as the sample has them alone; ids and labels as the row holds them
