@@ -10,7 +10,7 @@ import transformers
 from vlmnb.collate import VLMCollator
 from vlmnb.data import colour_shapes
 from vlmnb.load import ARCHS, TINY_ARCHS, tiny_model
-from vlmnb.train import VLMTrainer, hidden_at, label_loss, label_loss_sum, next_token_mask
+from vlmnb.train import VLMTrainer, hidden_at, label_loss, label_loss_sum, next_token_mask, right_padded
 
 warnings.filterwarnings("ignore")
 
@@ -91,3 +91,93 @@ def test_one_step_does_not_depend_on_how_the_step_is_split(model_type, tmp_path)
         plain_split = one_step(model_type, 2, 2, transformers.Trainer, tmp_path/"d")
         assert max((plain_whole[n] - plain_split[n]).abs().max().item() for n in whole) > 100 * max(moved, 1e-7)
         assert max((plain_whole[n] - whole[n]).abs().max().item() for n in whole) < 1e-5  # one batch: the same loss
+
+
+def loss_and_grads(model, batch):
+    total, count = label_loss(model, batch)
+    (total / count).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return (total / count).item(), grads
+
+
+@pytest.mark.parametrize("model_type", TINY_ARCHS)
+def test_right_padded_batches_train_the_same_without_their_padding_mask(model_type):
+    """Causal attention never reaches the padding after a sample, so dropping the mask changes nothing: loss within 1e-6
+    relative and every gradient within 1e-5 of the largest. Where `Arch.padding_mask` says why not (PaliGemma), it does."""
+    torch.manual_seed(0)
+    model, processor = tiny_model(model_type)
+    model = no_dropout(model.float().train())
+    batch = VLMCollator(processor, arch=ARCHS[model_type])(samples())
+    assert (batch["attention_mask"] == 0).any() and right_padded(batch["attention_mask"])
+    loss, grads = loss_and_grads(model, batch)
+    loss_free, grads_free = loss_and_grads(model, {k: v for k, v in batch.items() if k != "attention_mask"})
+    scale = max(g.abs().max().item() for g in grads.values())
+    off = max((grads[n] - grads_free[n]).abs().max().item() for n in grads) / scale
+    if ARCHS[model_type].padding_mask:
+        assert off > 1e-3, f"{model_type} is said to need its padding mask, but trains the same without it"
+    else:
+        assert loss_free == pytest.approx(loss, rel=1e-6)
+        assert off <= 1e-5
+
+
+def test_without_the_padding_mask_sdpa_runs_as_causal(monkeypatch):
+    "The speed comes from here: with no mask transformers builds none and calls sdpa with `is_causal`; with one, a 4-D mask."
+    import transformers.integrations.sdpa_attention as sdpa
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((attn_mask is None, is_causal, q.shape[-2]))
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+    monkeypatch.setattr(sdpa.torch.nn.functional, "scaled_dot_product_attention", spy)
+    model, processor = tiny_model("llava")
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+    batch = VLMCollator(processor, model_type="llava")(samples())
+    n = batch["input_ids"].shape[1]
+    label_loss(model.float(), batch)
+    text = [c for c in calls if c[2] == n]
+    assert text and all(not no_mask for no_mask, _, _ in text)
+    calls.clear()
+    label_loss(model.float(), {k: v for k, v in batch.items() if k != "attention_mask"})
+    text = [c for c in calls if c[2] == n]
+    assert text and all(no_mask and causal for no_mask, causal, _ in text)
+
+
+def test_the_trainer_drops_the_mask_only_when_told_and_rows_are_right_padded(tmp_path):
+    model, processor = tiny_model("smolvlm")
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append("attention_mask" in kw), with_kwargs=True)
+    batch = VLMCollator(processor, model_type="smolvlm")(samples())
+    args = transformers.TrainingArguments(str(tmp_path), report_to="none", use_cpu=True, remove_unused_columns=False)
+    for padding_mask, mask, passed in ((True, batch["attention_mask"], True), (False, batch["attention_mask"], False),
+                                       (False, batch["attention_mask"].flip(1), True)):  # left-padded rows keep their mask
+        trainer = VLMTrainer(model=model, args=args, padding_mask=padding_mask)
+        seen.clear()
+        trainer.compute_loss(model, {**batch, "attention_mask": mask})
+        assert seen == [passed], (padding_mask, passed)
+    assert right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]])) and not right_padded(torch.tensor([[0, 1, 1]]))
+    assert not right_padded(None) and not right_padded(torch.tensor([[1, 0, 1]]))
+
+
+def test_the_output_layer_runs_under_the_forwards_autocast():
+    "The Trainer's autocast wraps the model's forward, not the loss: the chunks run the head in the dtype the forward used."
+    torch.manual_seed(0)
+    model, processor = tiny_model("smolvlm")
+    model = model.float()
+    batch = VLMCollator(processor, model_type="smolvlm")(samples())
+    dtypes = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: dtypes.append(out.dtype) if out.shape[-2] else None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        own = model(**batch).loss.item()
+        with hidden_at(model, next_token_mask(batch["labels"])) as got:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    assert got["autocast"] == torch.bfloat16 and dtypes == [torch.bfloat16]
+    dtypes.clear()
+    total = label_loss_sum(got["hidden"], batch["labels"][:, 1:][batch["labels"][:, 1:] != -100],
+                           model.get_output_embeddings(), autocast=got["autocast"])
+    assert dtypes == [torch.bfloat16]
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    assert (total / n).item() == pytest.approx(own, rel=1e-3)  # the same bf16 logits as the model's own loss
+    dtypes.clear()
+    label_loss_sum(got["hidden"].float(), batch["labels"][:, 1:][batch["labels"][:, 1:] != -100], model.get_output_embeddings())
+    assert dtypes == [torch.float32]  # no autocast asked: fp32

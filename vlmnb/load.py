@@ -52,6 +52,7 @@ class Arch:
     rope_index: bool = False           # 3-D rotary positions from the model's own `get_rope_index` (packed rows need them per sample)
     no_packing: str = ""               # why packed samples would not stay apart in this family (empty: packing is exact)
     packed_blocks: str = ""            # token-type key of image blocks that attend both ways: packed rows get vlmnb's masks
+    padding_mask: str = ""             # why right-padded rows need their padding mask in training (empty: causal attention is enough)
 
     @property
     def lora_target(self) -> str:
@@ -90,6 +91,8 @@ _QWEN3_5_CAVEATS = ("Hybrid layers: Gated DeltaNet (linear attention, `linear_at
 _PALIGEMMA_PACKING = ("its prefix (image and prompt) attends both ways through one block id that transformers 5.23 gives every "
                       "prefix of a row, so packed samples' prefixes would see each other, and its model builds its mask itself "
                       "(it takes no precomputed one): measured in tests/test_packing.py")
+_PALIGEMMA_PADDING = ("padding carries token type 0, the prefix's, so without the padding mask the prefix would attend to the "
+                      "padding after it (measured in tests/test_label_loss.py)")
 _QWEN3_5_PACKING = ("its Gated DeltaNet layers mix each row's tokens in one recurrence: the torch fallback ignores cu_seqlens, so "
                     "packed samples would leak into each other (pinned by a test)")
 
@@ -117,7 +120,7 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in [
          caveats="Images enter through cross-attention layers whose tanh gates start at zero; one `<|image|>` token per image, "
                  "and in the real checkpoints its id lies past the vocabulary, so it must never be a label."),
     Arch("paligemma", "PaliGemma", "PaliGemmaForConditionalGeneration", **_LLAVA, image_token="<image>",
-         example="google/paligemma2-3b-pt-224", no_packing=_PALIGEMMA_PACKING,
+         example="google/paligemma2-3b-pt-224", no_packing=_PALIGEMMA_PACKING, padding_mask=_PALIGEMMA_PADDING,
          caveats="No chat format: prefix (image + prompt) attends bidirectionally, the suffix (answer) causally; labels must "
                  "come from the processor's `suffix`, with `token_type_ids` marking the suffix."),
     Arch("mistral3", "Mistral 3 (Pixtral)", "Mistral3ForConditionalGeneration", **_LLAVA, image_token="[IMG]",

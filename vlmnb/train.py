@@ -30,7 +30,7 @@ __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEE
            'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate',
            'disk_need', 'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context',
            'skipped_rows', 'warmup_steps', 'training_args', 'preflight', 'demo_config', 'next_token_mask', 'hidden_at',
-           'label_loss_sum', 'label_loss', 'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history',
+           'label_loss_sum', 'label_loss', 'right_padded', 'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history',
            'checkpoint_files', 'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage',
            'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes',
            'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now',
@@ -760,10 +760,12 @@ def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def hidden_at(model, mask: torch.Tensor):
-    "Inside the block, `model`'s output layer sees no positions; the hidden states at `mask` are left in the dict it yields."
+    """Inside the block, `model`'s output layer sees no positions; the dict it yields gets the hidden states at `mask`
+    and the autocast dtype the layer would have run under (None without autocast)."""
     head, got = model.get_output_embeddings(), {}
     def take(module, args):
-        got["hidden"] = args[0][mask]
+        got["hidden"], device = args[0][mask], args[0].device.type
+        got["autocast"] = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         return (args[0][:, :0], *args[1:])
     handle = head.register_forward_pre_hook(take)
     try: yield got
@@ -773,12 +775,13 @@ def hidden_at(model, mask: torch.Tensor):
 LOGIT_CHUNK = 2**25  # logits alive at once in the loss (elements): 128 MiB in fp32, about 680 positions of a 49k vocabulary
 
 def label_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None = None,
-                   rows: int | None = None) -> torch.Tensor:
-    "Summed cross-entropy of `head(hidden)` against `targets`, a chunk of `rows` positions at a time (recomputed in the backward)."
+                   rows: int | None = None, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Summed cross-entropy of `head(hidden)` against `targets`, a chunk of `rows` positions at a time (recomputed in
+    the backward); the head runs under `autocast` (a dtype) where the model's forward did."""
     rows = rows or max(1, LOGIT_CHUNK // head.weight.shape[0])
     def chunk(h, t):
-        logits = head(h)
-        if softcap is not None: logits = torch.tanh(logits / softcap) * softcap
+        with torch.autocast(h.device.type, dtype=autocast, enabled=autocast is not None): logits = head(h)
+        if softcap is not None: logits = torch.tanh(logits.float() / softcap) * softcap
         return torch.nn.functional.cross_entropy(logits.float(), t, reduction="sum")
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, hidden.shape[0], rows):
@@ -786,31 +789,39 @@ def label_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.M
         total = total + (checkpoint(chunk, h, t, use_reentrant=False) if torch.is_grad_enabled() else chunk(h, t))
     return total
 
+def _labelled(model, base, batch: dict):
+    "Summed loss over the labelled tokens, their number and the outputs; `model` runs the forward (it may wrap `base`)."
+    batch = dict(batch); labels = batch.pop("labels")
+    with hidden_at(base, next_token_mask(labels)) as got: outputs = model(**batch)
+    targets = labels[:, 1:][labels[:, 1:] != -100]
+    softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+    total = label_loss_sum(got["hidden"], targets, base.get_output_embeddings(), softcap, autocast=got["autocast"])
+    return total, len(targets), outputs
+
 def label_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     "The summed loss of a batch over its labelled tokens, computed only where they are, and their number."
-    batch = dict(batch); labels = batch.pop("labels")
-    with hidden_at(model, next_token_mask(labels)) as got: outputs = model(**batch)
-    targets = labels[:, 1:][labels[:, 1:] != -100]
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    return label_loss_sum(got["hidden"], targets, model.get_output_embeddings(), softcap), len(targets)
+    return _labelled(model, model, batch)[:2]
 
 # %% ../nbs/04_train.ipynb #cd8c6913
+def right_padded(mask) -> bool:
+    "Whether every row of a 2-D attention mask is its tokens followed only by padding."
+    return torch.is_tensor(mask) and mask.dim() == 2 and bool((mask.cumprod(1) == mask).all())
+
 class VLMTrainer(Trainer):
-    "The Hugging Face Trainer with the loss computed only at labelled positions and normalised over the optimizer step."
-    def __init__(self, *args, **kwargs):
+    """The Hugging Face Trainer with the loss computed only at labelled positions and normalised over the optimizer step;
+    with `padding_mask=False`, right-padded batches go to the model without their attention mask."""
+    def __init__(self, *args, padding_mask: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.padding_mask = padding_mask
         self.model_accepts_loss_kwargs = True   # the Trainer then counts the step's label tokens and does not rescale
         self._loss_shifts_labels = True         # counted over labels[..., 1:], as the loss reads them
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "labels" not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs); labels = inputs.pop("labels")
-        base = self.accelerator.unwrap_model(model)
-        with hidden_at(base, next_token_mask(labels)) as got: outputs = model(**inputs)
-        targets = labels[:, 1:][labels[:, 1:] != -100]
-        softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
-        total = label_loss_sum(got["hidden"], targets, base.get_output_embeddings(), softcap)
-        if num_items_in_batch is None: loss = total / max(len(targets), 1)
+        if not self.padding_mask and right_padded(inputs.get("attention_mask")):
+            inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}  # causal attention never reaches the padding
+        total, count, outputs = _labelled(model, self.accelerator.unwrap_model(model), inputs)
+        if num_items_in_batch is None: loss = total / max(count, 1)
         else:
             loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices: loss = loss * self.accelerator.num_processes  # DDP averages gradients
@@ -1203,6 +1214,7 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
                                checkpoint_record(resume).get("train_seconds", 0.0) if resume else 0.0)
     gen_eval = GenerationEval(processor, samples, max_new_tokens=c.max_new_tokens) if samples and c.eval_steps else None
     trainer = VLMTrainer(model=peft_model, args=training_args(c, pf.eval is not None, pf.settings, pf.eval_steps, pf.save_steps, pf.total_steps),
+                      padding_mask=bool(ARCHS[pf.arch].padding_mask),
                       train_dataset=train_ds, eval_dataset=pf.eval, data_collator=collator,
                       callbacks=[history, ckpt, SaveEvery(c.save_minutes), stop, *([gen_eval] if gen_eval else []), *callbacks])
     if not c.progress_bar: trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
