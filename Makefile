@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The project's venv, whatever venv the calling shell has activated (IPython warns when they differ).
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: test install browser-deps sync nbtest pytest online outputs demo bench docs-proc
+.PHONY: test install browser-deps sync nbtest pytest online outputs demo bench bench-preflight docs-proc
 
 test: install browser-deps
 	$(MAKE) --no-print-directory sync
@@ -79,6 +79,10 @@ PEERS ?= llamafactory,ms-swift,axolotl
 bench: install
 	$(PY) bench/peers.py install --peers $(PEERS)
 	$(PY) bench/vs_trl.py --peers $(PEERS) --json bench/results/llava-cpu.json
+
+# The pre-flight on 100,000 samples with images on disk, twice (an empty cache, then the same files again).
+bench-preflight: install
+	$(PY) bench/preflight.py --json bench/results/preflight.json
 
 # What `nbdev-proc-nbs` does, without its insistence on installing quarto (which cannot be installed here; the docs
 # workflow renders with quarto): refresh nbdev.yml, rebuild the module index, and process the notebooks into _proc/.

@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/collate.html.md"""
 
 # %% ../nbs/02_collate.ipynb #206789f9
 from __future__ import annotations
-import base64, html, itertools, math, os
+import base64, hashlib, html, itertools, json, math, os
 from collections import Counter
 from dataclasses import dataclass, field, asdict, replace
 from functools import lru_cache
@@ -24,14 +24,14 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['TEMPLATE_KWARGS', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at', 'special_strings',
-           'special_chain_at', 'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap',
-           'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
-           'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
-           'BudgetRow', 'BudgetReport', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid',
-           'tokens_html', 'SampleView', 'view_sample', 'inspect_samples', 'PackingError', 'check_packing',
-           'rope_index_of', 'pack_rows', 'next_fit', 'packing_efficiency', 'packed_masks', 'pack_batch', 'packed_rows',
-           'PackedView', 'view_packed']
+__all__ = ['TEMPLATE_KWARGS', 'BUDGET_VERSION', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at',
+           'special_strings', 'special_chain_at', 'answer_end_at', 'answer_spans', 'assistant_spans',
+           'template_end_of_turn', 'prompt_gap', 'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels',
+           'paligemma_parts', 'Rendered', 'render_for_training', 'VLMCollator', 'loss_runs', 'token_table',
+           'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport', 'collator_fingerprint', 'budget_keys',
+           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
+           'view_sample', 'inspect_samples', 'PackingError', 'check_packing', 'rope_index_of', 'pack_rows', 'next_fit',
+           'packing_efficiency', 'packed_masks', 'pack_batch', 'packed_rows', 'PackedView', 'view_packed']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -508,15 +508,68 @@ def plot(self: BudgetReport, bins: int = 30):
     ax.set_xlabel("tokens per sample"); ax.set_ylabel("samples"); ax.legend(); fig.tight_layout()
     return fig
 
+# %% ../nbs/02_collate.ipynb #1cae432d
+BUDGET_VERSION = 1  # in every cached budget row's key: bump it when the counting changes
+_CACHED_FIELDS = ("n_images", "size", "text_tokens", "image_tokens", "total", "last_image_token", "first_label")
+
+def collator_fingerprint(collator: VLMCollator) -> str:
+    "A digest of what a sample's token count depends on besides the sample: the processor, its tokenizer and template, the collator's settings."
+    p, tok = collator.processor, collator.processor.tokenizer
+    try: proc = p.to_json_string()
+    except Exception: proc = repr(getattr(p, "image_processor", None))
+    if hasattr(tok, "backend_tokenizer"):  # its definition, without the padding and truncation state that each call sets
+        backend = {k: v for k, v in json.loads(tok.backend_tokenizer.to_str()).items() if k not in ("padding", "truncation")}
+    else: backend = tok.get_vocab()
+    parts = [BUDGET_VERSION, type(p).__name__, type(tok).__name__, collator.arch.model_type, collator.train_on_inputs,
+             collator.eos_appended, collator.stop_token, collator.end_of_turn, tok.chat_template, getattr(p, "chat_template", None),
+             str(tok.special_tokens_map), proc, backend]
+    return hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=16).hexdigest()
+
+def _columns(ds, *names) -> list[list]:
+    "Columns of a `datasets.Dataset` as stored (images not decoded), as Python lists: through Arrow, in the dataset's order."
+    table = ds.with_format("arrow")[:]
+    return [table.column(n).to_pylist() for n in names]
+
+def budget_keys(ds, collator: VLMCollator, policy=None) -> list[str | None]:
+    "Each sample's cache key for the token budget (None: not cacheable, e.g. an image behind a URL), read without decoding images."
+    from vlmnb.data import image_identity
+    if not hasattr(ds, "with_format"): return [None] * len(ds)
+    fp, keys = collator_fingerprint(collator) + repr(policy), []
+    for messages, refs in zip(*_columns(ds, "messages", "images")):
+        ids = [image_identity(r) for r in refs or []]
+        keys.append(None if None in ids else hashlib.blake2b(json.dumps([fp, messages, ids], default=str).encode(), digest_size=16).hexdigest())
+    return keys
+
 # %% ../nbs/02_collate.ipynb #1d2e0c7e
-def token_budget(ds, collator: VLMCollator, max_length: int | None = None) -> BudgetReport:
-    "Tokenize every sample once: per-sample token counts, samples over `max_length` with advice, problems."
-    rows, problems, positions = [], [], []
+def token_budget(ds, collator: VLMCollator, max_length: int | None = None, cache=None, policy=None,
+                 progress: bool | None = None) -> BudgetReport:
+    """Tokenize every sample once: per-sample token counts, samples over `max_length` with advice, problems. With
+    `cache` (True, a path or a `CheckCache`; `policy` the `ImagePolicy` the dataset decodes with), a sample counted
+    before, with the same images, processor and settings, is not tokenized again."""
+    from vlmnb.data import PROGRESS_FROM, open_cache
+    keys = budget_keys(ds, collator, policy) if cache else [None] * len(ds)
+    store = open_cache(cache, "budget") if any(keys) else None
+    known = store.get(sorted({k for k in keys if k})) if store else {}
+    sources = _columns(ds, "source_index")[0] if hasattr(ds, "column_names") and "source_index" in ds.column_names else None
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    bar = None
+    if progress if progress is not None else len(todo) >= PROGRESS_FROM:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="counting tokens", unit="sample")
+    rows, problems, positions, fresh = [], [], [], {}
     for i in range(len(ds)):
+        if (k := keys[i]) in known:
+            idx = sources[i] if sources is not None and sources[i] is not None else i
+            rows.append(BudgetRow(idx, **{**known[k], "size": tuple(known[k]["size"])}, position=i)); continue
         sample = ds[i]
         idx = sample.get("source_index", i) if sample.get("source_index") is not None else i
-        try: rows.append(_budget_row(collator, sample, idx)); rows[-1].position = i
+        try:
+            rows.append(_budget_row(collator, sample, idx)); rows[-1].position = i
+            if k: fresh[k] = {f: getattr(rows[-1], f) for f in _CACHED_FIELDS}
         except (CollateError, ValueError) as e: problems.append(Problem(idx, getattr(e, "kind", "tokenize"), str(e))); positions.append(i)
+        if bar is not None: bar.update(1)
+    if bar is not None: bar.close()
+    if store and fresh: store.put(fresh)
     report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False, positions)
     for r in report.over: r.fix = _advice(collator, r, max_length, report.scalable)
     return report

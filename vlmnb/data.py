@@ -6,7 +6,8 @@ Docs: https://vlmnb.github.io/vlmnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #a240194f
 from __future__ import annotations
-import base64, binascii, contextlib, csv, hashlib, http.client, io, ipaddress, itertools, json, math, os, random, re, reprlib, socket, stat, textwrap, threading, time, urllib.error, urllib.parse, urllib.request, warnings
+import base64, binascii, contextlib, csv, errno, hashlib, http.client, io, ipaddress, itertools, json, math, os, random, re, reprlib, socket, sqlite3, stat, textwrap, threading, time, urllib.error, urllib.parse, urllib.request, warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -20,10 +21,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'MAX_IMAGE_BYTES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS',
-           'MAX_REDIRECTS', 'Resize', 'Resample', 'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'COLOURS', 'SHAPES',
-           'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'png_bytes', 'image_ref',
-           'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image',
-           'normalise_image', 'check_image', 'check_sample', 'DataReport', 'parse_split', 'split_rows',
+           'MAX_REDIRECTS', 'Resize', 'Resample', 'IMAGE_CHECKS', 'POOL_FROM', 'PROGRESS_FROM', 'MANIFEST_NAMES',
+           'HUB_PREFIX', 'FORMATS', 'BLOCK', 'COLOURS', 'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem',
+           'SampleError', 'png_bytes', 'image_ref', 'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy',
+           'open_image', 'to_rgb', 'resize_image', 'normalise_image', 'check_image', 'check_sample', 'image_identity',
+           'CheckCache', 'open_cache', 'ImageChecks', 'image_checks', 'DataReport', 'parse_split', 'split_rows',
            'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub', 'read_records', 'DataError',
            'decode_transform', 'canonical_dataset', 'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes',
            'text_images', 'load_data', 'show_samples']
@@ -77,17 +79,25 @@ def _decode_base64(s, index: int, where: str, max_bytes: int = MAX_IMAGE_BYTES) 
         _fail(index, "bad_base64", f"{where}: base64 image data does not decode ({e}). Re-encode the image with base64.b64encode.")
 
 # %% ../nbs/00_data.ipynb #d020ed15
+def _resolved(path: str) -> str:
+    "What `Path(path).resolve()` gives, as a string, without building Path objects (100k samples: seconds)."
+    full = os.path.realpath(path)
+    try: os.stat(full)
+    except OSError as e:
+        if e.errno == errno.ELOOP: raise RuntimeError(f"Symlink loop from {e.filename!r}") from None
+    return full
+
 def _resolve_path(p: str, root: Path | None, index: int, where: str, allow_outside_root: bool = False) -> str:
     "`p` as an absolute path with symlinks resolved, refused unless it lies inside `root` (default: the working directory)."
-    base = Path(root if root is not None else Path.cwd()).expanduser().resolve()
-    try: full = (base / Path(p).expanduser()).resolve()  # an absolute or ~ path replaces base
+    base = _resolved(os.path.expanduser(str(root if root is not None else os.getcwd())))
+    try: full = _resolved(os.path.join(base, str(Path(p).expanduser()) if p.startswith("~") else p))  # an absolute or ~ path replaces base
     except (RuntimeError, OSError, ValueError) as e:  # a symlink loop, a NUL byte, ~user of no such user
         _fail(index, "bad_path", f"{where}: path {p!r} cannot be resolved ({e}). Fix the path.")
-    if not (allow_outside_root or full.is_relative_to(base)):
+    if not (allow_outside_root or full == base or full.startswith(os.path.join(base, ""))):
         _fail(index, "path_escape", f"{where}: path {p!r} resolves to {full}, outside the dataset root {base}. Keep image paths "
                                     "inside the root, pass a root that contains them, or pass allow_outside_root=True "
                                     "to accept them (they are counted in the report).")
-    return str(full)
+    return full
 
 # %% ../nbs/00_data.ipynb #7ab83e2c
 def png_bytes(image: Image.Image) -> bytes:
@@ -580,6 +590,117 @@ def check_sample(sample: dict, index: int, policy: ImagePolicy | None = None, ti
         except ImageProblem as e: problems.append(Problem(index, e.kind, f"image {k}: {e}"))
     return problems
 
+# %% ../nbs/00_data.ipynb #386effa1
+IMAGE_CHECKS = "image-checks.sqlite"  # the cache of image checks, in VLMNB_CACHE (default ~/.cache/vlmnb)
+POOL_FROM = 64        # fewer images than this are checked in this thread (a pool costs more than it saves)
+PROGRESS_FROM = 2000  # images to open from which a progress bar is shown
+
+def image_identity(ref: dict) -> str | None:
+    """What a cached check of `ref` is valid for: a local file's path, size, modification time and inode, or the
+    digest of embedded bytes; None for a URL or a path that is not a readable regular file (checked every time)."""
+    if ref.get("bytes") is not None: return "b:" + hashlib.blake2b(ref["bytes"], digest_size=16).hexdigest()
+    path = ref.get("path")
+    if not path or urllib.parse.urlsplit(path).scheme in ("http", "https"): return None
+    try: st = os.stat(path)
+    except OSError: return None
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.R_OK): return None
+    return f"f:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+def _limits(policy: ImagePolicy | None) -> str:
+    "The policy's fields that a check reads, as part of a cache key."
+    p = policy or ImagePolicy()
+    return f"{p.min_side}:{p.max_aspect_ratio}:{p.max_image_pixels}:{p.max_file_bytes}"
+
+class CheckCache:
+    "Results by key in one table of a SQLite file (`get` and `put` in bulk): image checks, and the token budget's rows."
+    def __init__(self, path: str | Path | None = None, table: str = "checks"):
+        self.path = Path(path) if path else Path(os.environ.get("VLMNB_CACHE", Path.home()/".cache"/"vlmnb"))/IMAGE_CHECKS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db, self.table = sqlite3.connect(self.path, timeout=60, check_same_thread=False), table
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, result TEXT)")
+
+    def get(self, keys: list[str]) -> dict[str, dict]:
+        out = {}
+        try:
+            for i in range(0, len(keys), 900):  # SQLite's limit on parameters per statement
+                part = keys[i:i + 900]
+                q = f"SELECT key, result FROM {self.table} WHERE key IN ({','.join('?' * len(part))})"
+                out.update({k: json.loads(v) for k, v in self.db.execute(q, part)})
+        except sqlite3.Error as e: self._failed(e); return {}
+        return out
+
+    def put(self, items: dict[str, dict]) -> None:
+        try:
+            with self.db: self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", [(k, json.dumps(v)) for k, v in items.items()])
+        except sqlite3.Error as e: self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        if "db:" + str(self.path) not in _CACHE_WARNED:
+            _CACHE_WARNED.add("db:" + str(self.path))
+            warnings.warn(f"vlmnb's check cache {self.path} failed ({e}); the checks go on without it. Delete the file, or "
+                          "point VLMNB_CACHE at another folder.", stacklevel=3)
+
+def open_cache(cache, table: str = "checks") -> CheckCache | None:
+    "`cache` (a `CheckCache`, True for vlmnb's, a path, or False) opened; one that cannot be opened is warned about once, and the work goes on without it."
+    if isinstance(cache, CheckCache) or not cache: return cache or None
+    try: return CheckCache(None if cache is True else cache, table)
+    except (OSError, sqlite3.Error) as e:
+        where = str(cache) if cache is not True else os.environ.get("VLMNB_CACHE", "~/.cache/vlmnb")
+        if "db:" + where not in _CACHE_WARNED:
+            _CACHE_WARNED.add("db:" + where)
+            warnings.warn(f"vlmnb's check cache in {where} cannot be opened ({getattr(e, 'strerror', None) or e}); images and "
+                          "token counts are checked without it. Point VLMNB_CACHE at a writable folder to keep them.", stacklevel=3)
+        return None
+
+def _check_one(ref: dict, policy: ImagePolicy | None, timeout: float) -> dict:
+    try:
+        img = check_image(ref, policy, timeout)
+        return {"size": list(img.size)}
+    except ImageProblem as e: return {"kind": e.kind, "message": str(e)}
+
+@dataclass
+class ImageChecks:
+    "What `image_checks` found: a result per image, in order, and how the work went."
+    results: list[dict]    # {"size": [w, h]} or {"kind", "message"}
+    cached: int            # results read from the cache
+    workers: int           # threads that opened the rest
+    seconds: float
+
+    def __str__(self):
+        return (f"{len(self.results):,} images checked in {self.seconds:.1f} s ({self.cached:,} from the cache, the rest on "
+                f"{self.workers} thread{'s' if self.workers > 1 else ''})")
+
+def _cores() -> int: return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+def image_checks(refs: list[dict], policy: ImagePolicy | None = None, timeout: float = 10.0, workers: int | None = None,
+                 cache: CheckCache | str | Path | bool = True, progress: bool | None = None) -> ImageChecks:
+    "Check every image of `refs` (as `check_image` does): on every core, and cached by image identity (`cache=False`: not)."
+    t0 = time.perf_counter()
+    keys = [(k + "|" + _limits(policy)) if (k := image_identity(r)) else None for r in refs]
+    store = open_cache(cache) if any(keys) else None
+    known = store.get(sorted({k for k in keys if k})) if store else {}
+    results = [known.get(k) if k else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    workers = max(1, min(workers or _cores(), len(todo))) if len(todo) >= POOL_FROM else 1
+    show = progress if progress is not None else len(todo) >= PROGRESS_FROM
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc=f"checking images ({workers} threads)", unit="image")
+    def run(i):
+        results[i] = _check_one(refs[i], policy, timeout)
+        if bar is not None: bar.update(1)
+    try:
+        if workers == 1:
+            for i in todo: run(i)
+        else:
+            with ThreadPoolExecutor(workers) as pool: list(pool.map(run, todo))
+    finally:
+        if bar is not None: bar.close()
+    unreadable = ("missing_file", "unreadable_file", "not_a_file")  # may change without the identity changing: not kept
+    if store: store.put({keys[i]: results[i] for i in todo if keys[i] and results[i].get("kind") not in unreadable})
+    return ImageChecks(results, len(refs) - len(todo), workers, time.perf_counter() - t0)
+
 # %% ../nbs/00_data.ipynb #e4b319fa
 @dataclass
 class DataReport:
@@ -588,6 +709,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # indices left out under on_error='skip'
     notes: list[str] = field(default_factory=list)    # what is not a problem but must be said, e.g. paths accepted outside the root
+    image_check: str = ""                              # how the image check went: how many, how long, how many from the cache
 
     @property
     def bad_indices(self) -> list[int]: return sorted({p.index for p in self.problems})
@@ -866,6 +988,8 @@ def canonical_dataset(rows: list[dict], policy: ImagePolicy | None = None, featu
     return hfd.Dataset.from_dict(columns, features=features).with_transform(decode_transform(policy))
 
 # %% ../nbs/00_data.ipynb #c7320e13
+BLOCK = 4096  # records canonicalised before their images are checked together
+
 def _outside(row: dict, base: Path) -> int:
     "How many of a canonical row's local image paths lie outside `base`."
     return sum(1 for ref in row["images"] if ref["bytes"] is None and ref["path"]
@@ -891,19 +1015,37 @@ def prepare(
     records, default_root, _ = read_records(source, split, format, name, streaming)
     root = Path(root).expanduser() if root is not None else default_root
     base, max_bytes = (root or Path.cwd()).resolve(), (policy or ImagePolicy()).max_file_bytes
-    rows, problems, n_read, outside = [], [], 0, 0
+    rows, problems, n_read, outside, block, checks = [], [], 0, 0, [], []
+
+    def settle() -> bool:
+        "Check the images of the block's records together, then take its rows and problems in order; True once n are usable."
+        nonlocal n_read, outside
+        refs = [ref for _, row in block if isinstance(row, dict) for ref in row["images"]]
+        if check_images and refs: checks.append(image_checks(refs, policy, timeout))
+        found = iter(checks[-1].results if check_images and refs else [])
+        for i, row in block:
+            n_read += 1
+            if isinstance(row, Problem): problems.append(row); continue
+            if allow_outside_root: outside += _outside(row, base)
+            bad = [Problem(i, r["kind"], f"image {k}: {r['message']}") for k in range(len(row["images"]))
+                   if "kind" in (r := next(found, {}))]
+            if bad: problems.extend(bad)
+            else: rows.append(row)
+            if n and len(rows) >= n: return True  # a stream is left unread from here
+        return False
+
     for i, rec in records:
-        n_read += 1
         try:
             if isinstance(rec, SampleError): raise rec
-            row = canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)
-        except SampleError as e: problems.append(e.problem); continue
-        if allow_outside_root: outside += _outside(row, base)
-        found = check_sample(row, i, policy, timeout) if check_images else []
-        if found: problems += found
-        else: rows.append(row)
-        if n and len(rows) >= n: break  # a stream is left unread from here
+            block.append((i, canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)))
+        except SampleError as e: block.append((i, e.problem))
+        if len(block) >= (min(BLOCK, n - len(rows)) if n else BLOCK):
+            stop = settle(); block.clear()
+            if stop: break
+    else: settle()
     report = DataReport(n_read, problems)
+    if checks: report.image_check = str(ImageChecks([r for c in checks for r in c.results], sum(c.cached for c in checks),
+                                                     max(c.workers for c in checks), sum(c.seconds for c in checks)))
     if outside: report.notes.append(f"{outside} image path{'s lie' if outside > 1 else ' lies'} outside the dataset root {base}, "
                                     "accepted because allow_outside_root=True")
     if problems and on_error == "raise": raise DataError(report, str(source) if isinstance(source, (str, Path)) else "the dataset")

@@ -335,7 +335,7 @@ def make_config(source: TrainConfig | dict | str | Path | None = None, overrides
     return config
 
 # %% ../nbs/04_train.ipynb #63c28047
-from .data import ImagePolicy, DataError, DataReport, ImageProblem, Problem, SampleError, load_data, decode_transform
+from .data import ImagePolicy, DataError, DataReport, ImageProblem, Problem, SampleError, load_data, decode_transform, PROGRESS_FROM
 import datasets as hfd
 
 def image_policy(c: TrainConfig) -> ImagePolicy:
@@ -702,12 +702,13 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
     notes += [f"data: {n}" for r in reports for n in r.notes] + [n for n in [context_note(c, context)] if n]
+    notes += [f"data: {r.image_check}" for r in reports if r.image_check and r.n_samples >= PROGRESS_FROM]  # how long, for large sets
     if gap := prompt_gap(processor):  # e.g. Gemma 4's empty thought channel: trained without it, prompted with it
         notes.append(f"prompt: the chat template's generation prompt adds {gap!r} before an answer, which its rendered training "
                      "text does not have there: the model is trained without it and prompted with it (vlmnb trains what the template renders)")  # e.g. image paths accepted outside the root, as asked
     if c.packing and arch.no_packing: raise ConfigError(f"packing: {arch.name} cannot pack: {arch.no_packing}. Set packing: false.")
     collator = VLMCollator(processor, arch=arch, train_on_inputs=c.train_on_inputs, append_eos=c.append_eos)
-    budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length), context)
+    budget = drop_over_context(c, token_budget(train_ds, collator, c.max_length, cache=True, policy=image_policy(c)), context)
     if budget.problems and c.on_bad_data == "raise":
         raise ConfigError("samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in budget.problems[:10]))
     fit, source_at = None, train_ds["source"]
@@ -716,7 +717,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     if len(train_ds) == 0: raise ConfigError("no training sample is left after the pre-flight; see its report.")
     train_ds = _with_lengths(train_ds, fit.lengths if fit else [r.total for r in budget.rows], c)
     if eval_ds is not None:  # the eval data is tokenized up front too: a bad eval sample fails now, not at the first evaluation
-        eval_budget = drop_over_context(c.model_copy(update={"on_bad_data": "raise"}), token_budget(eval_ds, collator, c.max_length),
+        eval_budget = drop_over_context(c.model_copy(update={"on_bad_data": "raise"}), token_budget(eval_ds, collator, c.max_length, cache=True, policy=image_policy(c)),
                                         context, "evaluation samples")
         if eval_budget.problems: raise ConfigError("evaluation samples that cannot be tokenized:\n  " + "\n  ".join(str(p) for p in eval_budget.problems[:10]))
         eval_ds, eval_fit = fit_to_budget(eval_ds, eval_budget, c.truncation)
