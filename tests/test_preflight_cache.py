@@ -30,7 +30,7 @@ def write_set(folder, n, corrupt=(), sides=(40, 56, 72)):
     return folder/"d.jsonl"
 
 
-def test_threads_find_what_the_serial_check_finds(tmp_path):
+def test_processes_find_what_the_serial_check_finds(tmp_path):
     refs = []
     for i in range(150):
         p = tmp_path/f"{i}.png"
@@ -139,5 +139,5 @@ def test_the_preflight_benchmark_runs_end_to_end(tmp_path):
     assert res["reported_ok"] and res["corrupt"] == [8, 31, 57]
     for r in res["runs"].values(): assert r["reported"] == [8, 31, 57] and r["kept"] == 57
     assert "60 images checked" in res["runs"]["first"]["image_check"] and "(0 from the cache" in res["runs"]["first"]["image_check"]
-    assert "(60 from the cache" in res["runs"]["second"]["image_check"]
+    assert "60 images unchanged since their check" in res["runs"]["second"]["image_check"]  # the prepared-data cache
     assert "first:" in out.stdout and "second:" in out.stdout

@@ -6,7 +6,8 @@ Docs: https://vlmnb.github.io/vlmnb/collate.html.md"""
 
 # %% ../nbs/02_collate.ipynb #206789f9
 from __future__ import annotations
-import base64, hashlib, html, itertools, json, math, os
+import base64, hashlib, html, itertools, json, math, os, time, warnings
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field, asdict, replace
 from functools import lru_cache
@@ -24,14 +25,16 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['TEMPLATE_KWARGS', 'BUDGET_VERSION', 'ROLE_COLOURS', 'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at',
-           'special_strings', 'special_chain_at', 'answer_end_at', 'answer_spans', 'assistant_spans',
-           'template_end_of_turn', 'prompt_gap', 'span_mask', 'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels',
-           'paligemma_parts', 'Rendered', 'render_for_training', 'VLMCollator', 'loss_runs', 'token_table',
-           'image_token_cost', 'scales_with_pixels', 'BudgetRow', 'BudgetReport', 'collator_fingerprint', 'budget_keys',
-           'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html', 'SampleView',
-           'view_sample', 'inspect_samples', 'PackingError', 'check_packing', 'rope_index_of', 'pack_rows', 'next_fit',
-           'packing_efficiency', 'packed_masks', 'pack_batch', 'packed_rows', 'PackedView', 'view_packed']
+__all__ = ['TEMPLATE_KWARGS', 'BUDGET_VERSION', 'FAST_FROM', 'NEAR', 'VERIFY', 'PROBE', 'PROBE2', 'ROLE_COLOURS',
+           'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
+           'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap', 'span_mask',
+           'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
+           'render_for_training', 'VLMCollator', 'loss_runs', 'token_table', 'image_token_cost', 'scales_with_pixels',
+           'BudgetRow', 'BudgetReport', 'collator_fingerprint', 'budget_keys', 'collapsed_counts', 'ImageCosts',
+           'budget_set_key', 'token_budget', 'BudgetFit', 'fit_to_budget', 'patch_grid', 'draw_grid', 'tokens_html',
+           'SampleView', 'view_sample', 'inspect_samples', 'PackingError', 'check_packing', 'rope_index_of',
+           'pack_rows', 'next_fit', 'packing_efficiency', 'packed_masks', 'pack_batch', 'packed_rows', 'PackedView',
+           'view_packed']
 
 # %% ../nbs/02_collate.ipynb #dd3f74d5
 class CollateError(ValueError):
@@ -84,10 +87,16 @@ def end_of_turn_at(
     "Where the special token that starts at `pos` ends (the longest that matches), or `pos` when none starts there."
     return pos + max((len(s) for s in specials if text.startswith(s, pos)), default=0)
 
+_SPECIALS: dict = {}  # special_strings by tokenizer and state: a dataset asks once per sample
+
 def special_strings(tokenizer) -> list[str]:
     "Every special token of `tokenizer` (named ones and every added token, marked special or not), longest first."
-    added = [t.content for t in tokenizer.added_tokens_decoder.values()]  # Cohere's turn markers are added tokens not marked special
-    return sorted(set(tokenizer.all_special_tokens) | set(added), key=len, reverse=True)
+    key = (id(tokenizer), len(tokenizer), str(getattr(tokenizer, "special_tokens_map", "")))
+    if key not in _SPECIALS:
+        added = [t.content for t in tokenizer.added_tokens_decoder.values()]  # Cohere's turn markers are added tokens not marked special
+        if len(_SPECIALS) > 64: _SPECIALS.clear()
+        _SPECIALS[key] = sorted(set(tokenizer.all_special_tokens) | set(added), key=len, reverse=True)
+    return list(_SPECIALS[key])
 
 def special_chain_at(text: str, pos: int, specials: list[str]) -> list[str]:
     "The special tokens that follow one another from `pos` on (none when no special token starts there)."
@@ -444,6 +453,7 @@ class BudgetReport:
     problems: list[Problem] = field(default_factory=list)
     scalable: bool = False   # whether smaller images cost fewer tokens
     problem_positions: list[int] = field(default_factory=list)  # row of each problem's sample in the dataset audited
+    how: str = ""            # how the samples were counted, and how long it took
 
     @property
     def totals(self) -> np.ndarray: return np.array([r.total for r in self.rows])
@@ -540,13 +550,220 @@ def budget_keys(ds, collator: VLMCollator, policy=None) -> list[str | None]:
         keys.append(None if None in ids else hashlib.blake2b(json.dumps([fp, messages, ids], default=str).encode(), digest_size=16).hexdigest())
     return keys
 
+# %% ../nbs/02_collate.ipynb #cd3308c9
+FAST_FROM = 1000   # samples from which the token budget counts from image sizes (`token_budget(fast=None)`)
+NEAR = 16          # samples within this many tokens of max_length are recounted by the processor
+VERIFY = 8         # samples counted both ways on every fast count; any difference and every sample is counted by the processor
+PROBE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
+         {"role": "assistant", "content": [{"type": "text", "text": "A picture."}]}]
+
+PROBE2 = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which is bigger?"}]},
+          {"role": "assistant", "content": [{"type": "text", "text": "The first."}]}]
+
+def _marker(collator: VLMCollator) -> int | None:
+    "The first special or added token that the chat template writes for an image and not without one (None: no such token)."
+    tok = collator.processor.tokenizer
+    ids = lambda m: tok(collator.rendered(m).text, add_special_tokens=False)["input_ids"]
+    with_image, without = ids(PROBE), ids([{**PROBE[0], "content": PROBE[0]["content"][1:]}, PROBE[1]])
+    special, absent = set(tok.all_special_ids) | set(tok.added_tokens_decoder), set(with_image) - set(without)
+    return next((t for t in with_image if t in absent and t in special), None)
+
+def collapsed_counts(collator: VLMCollator, messages: list, indices: list, marker: int | None) -> list:
+    """Per sample, counts from the tokenizer alone, each image being the one token its template writes for it:
+    `(total, vision tokens, last vision position, first label position, positions of `marker`)`, or its `Problem`."""
+    tok, out, rendered = collator.processor.tokenizer, [None] * len(messages), {}
+    for k, (m, i) in enumerate(zip(messages, indices)):
+        try: rendered[k] = collator.rendered(m, i)
+        except CollateError as e: out[k] = Problem(indices[k], e.kind, str(e))
+    bos, vision_ids = tok.bos_token, np.array(collator.vision_ids)
+    with_bos = [k for k, r in rendered.items() if bos and r.text.startswith(bos)]  # as bos_kwargs decides, for a batch of one
+    for group, kw in ((with_bos, {"add_special_tokens": False}), (sorted(set(rendered) - set(with_bos)), {})):
+        if not group: continue
+        enc = tok([rendered[k].text for k in group], return_offsets_mapping=True, **kw)
+        for k, ids, off in zip(group, enc["input_ids"], enc["offset_mapping"]):
+            ids = np.asarray(ids); vision = np.isin(ids, vision_ids)
+            loss = np.ones(len(ids), bool) if collator.train_on_inputs else span_mask(off, rendered[k].answers)
+            vpos, labelled = np.flatnonzero(vision), np.flatnonzero(loss & ~vision)
+            out[k] = (len(ids), len(vpos), int(vpos[-1]) if len(vpos) else -1, int(labelled[0]) if len(labelled) else -1,
+                      np.flatnonzero(ids == marker).tolist() if marker is not None else [])
+    return out
+
+class ImageCosts:
+    """What an image of a given size (after the image policy) adds to a sample, as the processor counts it:
+    `(tokens, vision tokens, shift of the last vision token)` against the same sample with the image as its one
+    placeholder token. Measured by the processor on a blank image of that size, once a size; where transformers has a
+    count by size for the processor (`_get_num_multimodal_tokens`), that count plus a constant, once three measured
+    sizes agree on the constant."""
+    def __init__(self, collator: VLMCollator):
+        self.collator, self.memo, self.offset, self.agreed, self.probed = collator, {}, None, 0, 0
+        self.by_size = getattr(collator.processor, "_get_num_multimodal_tokens", None)
+        first = collapsed_counts(collator, [PROBE], [0], None)[0]
+        if isinstance(first, Problem): raise CollateError(first.message, first.kind)
+        self.marker = _marker(collator)
+        self.base = collapsed_counts(collator, [PROBE], [0], self.marker)[0]
+        self.multi = self.marker is not None and self.agrees(PROBE2, [(64, 48), (48, 64)])  # two images side by side add up
+
+    def agrees(self, messages: list, sizes: list) -> bool:
+        "Whether the count from sizes of a sample equals the processor's."
+        n = collapsed_counts(self.collator, [messages], [0], self.marker)[0]
+        row = _sample_row(self.collator, self, 0, sizes, n) if not isinstance(n, Problem) else None
+        full = _budget_row(self.collator, {"messages": messages, "images": [Image.new("RGB", s, (128, 128, 128)) for s in sizes]}, 0)
+        return row is not None and all(getattr(row, f) == getattr(full, f) for f in _CACHED_FIELDS)
+
+    def probe(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        "Measured: the one-image probe sample at `size` through the collator, against its collapsed count."
+        self.probed += 1
+        full = _budget_row(self.collator, {"messages": PROBE, "images": [Image.new("RGB", size, (128, 128, 128))]}, 0)
+        return full.total - self.base[0], full.image_tokens - self.base[1], full.last_image_token - self.base[2]
+
+    def counted(self, size) -> int | None:
+        if self.by_size is None: return None
+        try: return int(self.by_size(image_sizes=[(size[1], size[0])]).num_image_tokens[0])  # transformers takes (height, width)
+        except Exception: self.by_size = None; return None
+
+    def __call__(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        size = tuple(size)
+        if size in self.memo: return self.memo[size][0]
+        n = self.counted(size)
+        if n is not None and self.agreed >= 3: self.memo[size] = (tuple(n + a for a in self.offset), "counted"); return self.memo[size][0]
+        cost = self.probe(size)
+        if n is not None:
+            offset = tuple(c - n for c in cost)
+            if self.offset in (None, offset): self.offset, self.agreed = offset, self.agreed + 1
+            else: self.by_size = None  # not a constant apart: every size is measured
+        self.memo[size] = (cost, "probed")
+        return cost
+
+    def confirm(self, k: int = VERIFY) -> bool:
+        "Measure up to `k` of the sizes that were counted, not measured; False (and every size measured) if any differs."
+        counted = [s for s, (_, how) in self.memo.items() if how == "counted"]
+        for s in counted[:: max(1, len(counted) // k)][:k]:
+            if self.probe(s) != self.memo[s][0]:
+                self.by_size = None
+                for s2 in counted: self.memo[s2] = (self.probe(s2), "probed")
+                return False
+        return True
+
+def _sample_row(c, costs: ImageCosts, idx: int, sizes: list, n: tuple) -> BudgetRow | None:
+    "A sample's budget row from its collapsed count and its images' costs; None when its images are not one marker each."
+    total, vision, last, first, marks = n
+    if len(marks) != len(sizes): return None
+    cost = [costs(s) for s in sizes]
+    total += sum(t for t, _, _ in cost); vision += sum(v for _, v, _ in cost)
+    if sizes: last += sum(t for t, _, _ in cost[:-1]) + cost[-1][2]
+    if first >= 0: first += sum(t for (t, _, _), m in zip(cost, marks) if m < n[3])
+    size = max(sizes, key=lambda s: s[0] * s[1], default=(0, 0))
+    return BudgetRow(idx, len(sizes), tuple(size), total - vision, vision, total, last, first)
+
+_FORKED = None  # the collator, for the forked processes that count
+
+def _count_chunk(args) -> list:
+    messages, indices, marker = args
+    return collapsed_counts(_FORKED, messages, indices, marker)
+
+def _fast_budget(ds, collator: VLMCollator, policy, max_length: int | None, progress: bool | None):
+    "`(rows, problems, positions, how)` counted from image sizes, or None where that cannot be done or disagrees with the processor."
+    from vlmnb.data import image_checks, normalised_size, _cores, _pool_context, _strip_none, PROGRESS_FROM
+    global _FORKED
+    c, t0 = collator.unpacked, time.perf_counter()
+    if c.arch.model_type == "paligemma": return None  # its processor writes the text around the images itself
+    costs = ImageCosts(c)
+    if costs.marker is None: return None
+    has_source = "source_index" in ds.column_names
+    cols = _columns(ds, "messages", "images", *(["source_index"] if has_source else []))
+    messages = [[{**t, "content": [_strip_none(it) for it in t["content"]]} for t in m] for m in cols[0]]
+    idx = [s if s is not None else i for i, s in enumerate(cols[2])] if has_source else list(range(len(ds)))
+    checks = iter(image_checks([r for refs in cols[1] for r in refs or []], policy, cache=True, progress=progress).results)
+    sizes = []
+    for refs in cols[1]:
+        got = [next(checks) for _ in refs or []]
+        sizes.append(None if any("size" not in g for g in got) else [normalised_size(tuple(g["size"]), policy) for g in got])
+    for ss in sizes:
+        for s in ss or []: costs(s)
+    costs.confirm()
+    step = 2048
+    chunks = [(messages[a:a + step], idx[a:a + step], costs.marker) for a in range(0, len(messages), step)]
+    workers = min(_cores(), len(chunks))
+    bar = None
+    if progress if progress is not None else len(messages) >= PROGRESS_FROM:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(messages), desc="counting tokens", unit="sample")
+    counted = []
+    try:
+        if workers > 1:
+            _FORKED = c
+            with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+                for part in pool.map(_count_chunk, chunks):
+                    counted += part
+                    if bar is not None: bar.update(len(part))
+        else:
+            for ch in chunks:
+                counted += collapsed_counts(c, *ch)
+                if bar is not None: bar.update(len(ch[0]))
+    finally:
+        _FORKED = None
+        if bar is not None: bar.close()
+    rows, problems, redo = [None] * len(ds), {}, []
+    for i, got in enumerate(counted):
+        if isinstance(got, Problem): problems[i] = got; continue
+        rows[i] = _sample_row(c, costs, idx[i], sizes[i], got) if sizes[i] is not None else None
+        if rows[i] is None or (len(sizes[i]) > 1 and not costs.multi) or (max_length and abs(rows[i].total - max_length) <= NEAR): redo.append(i)
+        else: rows[i].position = i
+    fast = [i for i, r in enumerate(rows) if r is not None and i not in set(redo)]
+    check = set(fast[:: max(1, len(fast) // VERIFY)][:VERIFY])
+    check |= {next((i for i in fast if not sizes[i]), None), next((i for i in fast if len(sizes[i]) > 1), None)} - {None}
+    for i in sorted(check):
+        exact = _budget_row(collator, ds[i], idx[i])
+        if (diff := [f for f in _CACHED_FIELDS if getattr(exact, f) != getattr(rows[i], f)]):
+            warnings.warn(f"token budget: counting from image sizes gives sample {idx[i]} {diff[0]}={getattr(rows[i], diff[0])}, the "
+                          f"processor {getattr(exact, diff[0])}; every sample is counted by the processor instead (slower). Please "
+                          "report this with the model's name.", stacklevel=3)
+            return None
+    for i in redo:
+        try: rows[i] = _budget_row(collator, ds[i], idx[i]); rows[i].position = i
+        except (CollateError, ValueError) as e: rows[i] = None; problems[i] = Problem(idx[i], getattr(e, "kind", "tokenize"), str(e))
+    how = (f"{len(ds):,} samples counted in {time.perf_counter() - t0:.1f} s: from image sizes ({costs.probed} sizes measured by the "
+           f"processor, {sum(h == 'counted' for _, h in costs.memo.values())} by transformers' count), {len(check)} checked against "
+           f"the processor, {len(redo)} counted by it" + (f" (within {NEAR} tokens of max_length" + ("" if costs.multi else ", or with several images")
+                                                           + ", or with images the check could not size)" if redo else ""))
+    return [r for r in rows if r is not None], [problems[i] for i in sorted(problems)], sorted(problems), how
+
+
 # %% ../nbs/02_collate.ipynb #1d2e0c7e
-def token_budget(ds, collator: VLMCollator, max_length: int | None = None, cache=None, policy=None,
-                 progress: bool | None = None) -> BudgetReport:
-    """Tokenize every sample once: per-sample token counts, samples over `max_length` with advice, problems. With
-    `cache` (True, a path or a `CheckCache`; `policy` the `ImagePolicy` the dataset decodes with), a sample counted
-    before, with the same images, processor and settings, is not tokenized again."""
+def budget_set_key(ds, collator: VLMCollator, policy=None) -> str | None:
+    """The key of a whole dataset's token budget: its messages, image references and source indices (as Arrow stores
+    them), the identity of every image file, the image policy and the collator's fingerprint; None when an image has no
+    identity (a URL)."""
+    from vlmnb.data import image_identity
+    import pyarrow as pa, pyarrow.compute as pc
+    table = ds.with_format("arrow")[:]
+    table = table.select([n for n in ("messages", "images", "source_index") if n in table.column_names])
+    ids = []
+    if "images" in table.column_names and len(table):
+        refs = pc.list_flatten(table.column("images"))
+        for path, embedded in zip(pc.struct_field(refs, "path").to_pylist(), pc.is_valid(pc.struct_field(refs, "bytes")).to_pylist()):
+            if embedded: continue  # its bytes are in the table
+            if (k := image_identity({"bytes": None, "path": path})) is None: return None
+            ids.append(k)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w: w.write_table(table)
+    h = hashlib.blake2b(digest_size=16)
+    for part in (collator_fingerprint(collator), repr(policy), "\n".join(ids)): h.update(part.encode())
+    h.update(memoryview(sink.getvalue()))
+    return h.hexdigest()
+
+def _pack_set(rows: list[BudgetRow], problems: list[Problem], positions: list[int]) -> dict:
+    return {"rows": [[r.index, r.n_images, *r.size, r.text_tokens, r.image_tokens, r.total, r.last_image_token, r.first_label, r.position] for r in rows],
+            "problems": [[p.index, p.kind, p.message, at] for p, at in zip(problems, positions)]}
+
+def _unpack_set(got: dict) -> tuple[list[BudgetRow], list[Problem], list[int]]:
+    rows = [BudgetRow(i, n, (w, h), t, v, tot, last, first, position=pos) for i, n, w, h, t, v, tot, last, first, pos in got["rows"]]
+    return rows, [Problem(i, k, m) for i, k, m, _ in got["problems"]], [at for *_, at in got["problems"]]
+
+def _full_budget(ds, collator: VLMCollator, cache, policy, progress):
+    "`(rows, problems, positions, how)`: every sample through the collator, rows cached by sample."
     from vlmnb.data import PROGRESS_FROM, open_cache
+    t0 = time.perf_counter()
     keys = budget_keys(ds, collator, policy) if cache else [None] * len(ds)
     store = open_cache(cache, "budget") if any(keys) else None
     known = store.get(sorted({k for k in keys if k})) if store else {}
@@ -570,9 +787,30 @@ def token_budget(ds, collator: VLMCollator, max_length: int | None = None, cache
         if bar is not None: bar.update(1)
     if bar is not None: bar.close()
     if store and fresh: store.put(fresh)
-    report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False, positions)
+    how = f"{len(ds):,} samples counted by the processor in {time.perf_counter() - t0:.1f} s ({len(ds) - len(todo):,} from the cache)"
+    return rows, problems, positions, how
+
+def token_budget(ds, collator: VLMCollator, max_length: int | None = None, cache=None, policy=None,
+                 progress: bool | None = None, fast: bool | None = None) -> BudgetReport:
+    """Count every sample's tokens: per-sample token counts, samples over `max_length` with advice, problems.
+    `fast` (default: from `FAST_FROM` samples) counts from image sizes, checked against the processor (see above).
+    With `cache` (True, a path or a `CheckCache`; `policy` the `ImagePolicy` the dataset decodes with), a dataset
+    counted before, unchanged, is not counted again, and on the processor's path neither is a sample counted before."""
+    from vlmnb.data import open_cache
+    t0, arrow = time.perf_counter(), hasattr(ds, "with_format") and hasattr(ds, "column_names")
+    whole = budget_set_key(ds, collator, policy) if cache and arrow else None
+    sets = open_cache(cache, "budget_sets") if whole else None
+    if sets and (hit := sets.get([whole]).get(whole)):
+        rows, problems, positions = _unpack_set(hit)
+        how = f"{len(ds):,} samples: counted before, unchanged (the budget cache, {time.perf_counter() - t0:.1f} s)"
+    else:
+        got = _fast_budget(ds, collator, policy, max_length, progress) if arrow and (fast if fast is not None else len(ds) >= FAST_FROM) else None
+        rows, problems, positions, how = got or _full_budget(ds, collator, cache, policy, progress)
+        if sets: sets.put({whole: _pack_set(rows, problems, positions)})
+    report = BudgetReport(rows, max_length, problems, scales_with_pixels(collator) if rows else False, positions, how)
     for r in report.over: r.fix = _advice(collator, r, max_length, report.scalable)
     return report
+
 
 # %% ../nbs/02_collate.ipynb #8223c71e
 @dataclass

@@ -345,7 +345,7 @@ def image_policy(c: TrainConfig) -> ImagePolicy:
 
 def load_source(src: DataSource, policy: ImagePolicy, on_error: str) -> tuple[hfd.Dataset, DataReport]:
     "One data source of a config as a canonical dataset, and its validation report."
-    try: return load_data(**src.model_dump(), policy=policy, on_error=on_error)
+    try: return load_data(**src.model_dump(), policy=policy, on_error=on_error, cache=True)  # prepared once, reused while unchanged
     except DataError as e:  # the hint names the config key and the CLI override, not the function's argument
         raise DataError(e.report, e.source, "set on_bad_data: skip in the config (vlmnb train/validate: --set on_bad_data=skip)") from None
     except ValueError as e:
