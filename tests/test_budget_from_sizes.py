@@ -38,7 +38,6 @@ def test_counts_from_sizes_equal_the_processors(model_type):
     _, processor = tiny_model(model_type)
     collator = VLMCollator(processor, model_type=model_type)
     rows = mixed_rows(48)
-    if model_type == "paligemma": rows = [r for r in rows if r["images"]]  # its processor takes no text-only sample
     ds = canonical_dataset(rows)
     exact = token_budget(ds, collator, fast=False)
     with warnings.catch_warnings():
@@ -46,8 +45,12 @@ def test_counts_from_sizes_equal_the_processors(model_type):
         fast = token_budget(ds, collator, fast=True)
     assert [[getattr(r, f) for f in _CACHED_FIELDS + ("index", "position")] for r in fast.rows] == \
            [[getattr(r, f) for f in _CACHED_FIELDS + ("index", "position")] for r in exact.rows]
-    if model_type == "paligemma": assert "by the processor" in fast.how  # its processor writes the text: not counted from sizes
-    else: assert "from image sizes" in fast.how, fast.how
+    assert [(p.index, p.kind) for p in fast.problems] == [(p.index, p.kind) for p in exact.problems]
+    if model_type == "paligemma":  # its processor writes the text: not counted from sizes; and it takes no sample without an image
+        assert "by the processor" in fast.how
+        assert [p.index for p in fast.problems] == [r["source_index"] for r in rows if not r["images"]]
+        assert {p.kind for p in fast.problems} == {"no_image"}
+    else: assert "from image sizes" in fast.how and not fast.problems, fast.how
 
 
 def test_a_disagreement_falls_back_to_the_processor(monkeypatch):

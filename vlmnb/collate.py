@@ -268,6 +268,7 @@ class VLMCollator:
     packing: bool = False           # several samples per row (position ids restart per sample; see Packing)
     pack_length: int | None = None  # tokens per packed row (default: the batch's longest sample)
     model: object = None            # the model, when packing needs its rotary positions or mask geometry (Qwen-VL, GLM, Gemma 3/4)
+    keep_vision: bool = False       # a batch without images gets one blank image, masked (see "Batches without images")
 
     def __post_init__(self):
         if self.arch is None:
@@ -284,7 +285,11 @@ class VLMCollator:
             raise ValueError("the chat template ends no answer with a special token and the tokenizer has no eos token to "
                              "append: set tokenizer.eos_token, or append_eos=False to train without a stop token.")
         if self.packing: check_packing(self.arch, self.model)
+        if self.keep_vision and (self.packing or self.arch.model_type == "paligemma"):
+            raise ValueError("keep_vision: a blank image in image-free batches is not done for packed rows, and PaliGemma takes no "
+                             "image-free sample; turn packing off, or give every sample an image.")
         self.unpacked = replace(self, packing=False) if self.packing else self  # packing tokenizes one sample a row first
+        self._blank = None  # the blank image's batch, made once (keep_vision)
 
     def rendered(self, messages: list[dict], index: int = 0) -> Rendered:
         "The text this collator tokenizes for `messages`, with its loss spans."
@@ -339,13 +344,17 @@ def __call__(self: VLMCollator, samples: list[dict]) -> dict:
     out, masks = encode(self.processor, [r.text for r in rendered], images, spans, idx, padding_side="right")
     loss_mask = torch.ones_like(out["input_ids"], dtype=torch.bool) if self.train_on_inputs else torch.tensor(np.stack([m[0] for m in masks]))
     out["labels"] = make_labels(out["input_ids"], out["attention_mask"], loss_mask, self.vision_ids)
-    return self._truncate(out, idx)
+    out = self._truncate(out, idx)
+    return self._blank_image(out) if self.keep_vision and not any(images) else out
 
 # %% ../nbs/02_collate.ipynb #d5c92bf5
 @patch
 def _paligemma(self: VLMCollator, samples: list[dict]) -> dict:
     parts = [paligemma_parts(s["messages"]) for s in samples]
     images, idx = _images_and_indices(samples)
+    if (bare := [i for i, ims in zip(idx, images) if not ims]):
+        raise CollateError(f"samples {bare}: PaliGemma's processor takes no sample without an image. Give each one an image, "
+                           "or leave them out (on_bad_data: skip drops and reports them).", "no_image")
     out = self.processor(text=[p for p, _ in parts], images=images, suffix=[s for _, s in parts], padding=True,
                          padding_side="right", return_tensors="pt")
     out.pop("labels", None)
@@ -368,6 +377,26 @@ def _truncate(self: VLMCollator, out, idx: list) -> dict:
     no_answer = [idx[r] for r in torch.nonzero((out["labels"] != -100).sum(1) == 0).flatten().tolist()]
     if no_answer: raise CollateError(f"samples {no_answer}: nothing left to learn after cutting to max_length={n}; drop them first (fit_to_budget).")
     return out
+
+# %% ../nbs/02_collate.ipynb #a27df779
+_BLANK = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "."}]}, {"role": "assistant", "content": [{"type": "text", "text": "."}]}]
+
+@patch
+def _blank_image(self: VLMCollator, out: dict) -> dict:
+    "`out` (a batch without images) with a blank image's tokens after its first row, masked and unlabelled, and its pixel inputs."
+    if self._blank is None:
+        self._blank = replace(self, keep_vision=False, max_length=None)([{"messages": _BLANK, "images": [Image.new("RGB", (64, 64), (255, 255, 255))]}])
+    fake, (b, n) = self._blank, out["input_ids"].shape
+    pad = self.processor.tokenizer.pad_token_id or 0
+    for k in _PER_TOKEN:
+        if k not in out and k not in fake: continue
+        f, real = fake.get(k), out.get(k)
+        if real is None: real = torch.zeros((b, n, *f.shape[2:]), dtype=f.dtype)  # e.g. Mllama's cross-attention mask
+        extra = torch.full((b, fake["input_ids"].shape[1], *real.shape[2:]), {"input_ids": pad, "labels": -100}.get(k, 0), dtype=real.dtype)
+        if f is not None and k not in ("attention_mask", "labels"): extra[0] = f[0]
+        out[k] = torch.cat([real, extra], 1)
+    rows = lambda v: torch.cat([v, v.new_zeros((b - 1, *v.shape[1:]))]) if b > 1 else v  # Mllama's image inputs are per row: none in the others
+    return {**out, **{k: rows(v) if self.arch.model_type == "mllama" else v for k, v in fake.items() if k not in _PER_TOKEN}}
 
 # %% ../nbs/02_collate.ipynb #f0c66f89
 def loss_runs(batch: dict, processor, row: int = 0) -> list[str]:

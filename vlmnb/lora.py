@@ -199,10 +199,12 @@ def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool
     return peft_model
 
 # %% ../nbs/03_lora.ipynb #d0ca69c6
-def save_extra(model: PeftModel, folder: str | Path) -> Path | None:
+def save_extra(model: PeftModel, folder: str | Path, state_dict: dict | None = None) -> Path | None:
     "Write the trained parameters that PEFT's adapter files leave out (Mllama's gates) to `folder`; None when there are none."
     from safetensors.torch import save_file
-    extra = {n.split("base_model.model.", 1)[-1]: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _GATE.search(n) and p.requires_grad}
+    full = state_dict or {}  # a sharded (FSDP) model's parameters are shards: the gathered ones where given
+    extra = {n.split("base_model.model.", 1)[-1]: full.get(n, p).detach().cpu().contiguous()
+             for n, p in model.named_parameters() if _GATE.search(n) and p.requires_grad}
     if not extra: return None
     save_file(extra, Path(folder)/EXTRA_FILE)
     return Path(folder)/EXTRA_FILE
@@ -216,9 +218,9 @@ def load_extra(model: PeftModel, folder: str | Path, is_trainable: bool = False)
         for n, v in saved.items(): params[n].copy_(v); params[n].requires_grad_(is_trainable)
     return len(saved)
 
-def save_lora(model: PeftModel, folder: str | Path) -> Path:
-    "Save the adapter (and any extra trained parameters) to `folder`."
-    folder = Path(folder); model.save_pretrained(folder); save_extra(model, folder)
+def save_lora(model: PeftModel, folder: str | Path, state_dict: dict | None = None) -> Path:
+    "Save the adapter (and any extra trained parameters) to `folder`; `state_dict`: a sharded model's full one, gathered."
+    folder = Path(folder); model.save_pretrained(folder, state_dict=state_dict); save_extra(model, folder, state_dict)
     return folder
 
 def load_lora(base_model, folder: str | Path, is_trainable: bool = False) -> PeftModel:

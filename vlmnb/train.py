@@ -28,13 +28,14 @@ __all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEE
            'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
            'RunSettings', 'run_settings', 'grouped', 'packing_note', 'Preflight', 'resolve_attention', 'per_epoch',
            'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate',
-           'disk_need', 'check_output_dir', 'context_length', 'over_context', 'context_note', 'drop_over_context',
-           'skipped_rows', 'warmup_steps', 'training_args', 'preflight', 'demo_config', 'next_token_mask', 'hidden_at',
-           'label_loss_sum', 'label_loss', 'right_padded', 'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history',
-           'checkpoint_files', 'checkpoint_record', 'mark_complete', 'complete_checkpoints', 'checkpoint_damage',
-           'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes',
-           'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now',
-           'disk_full', 'disk_full_message', 'TrainResult', 'loss_over', 'skipped_summary', 'progress_bars', 'train']
+           'disk_need', 'vision_batches', 'check_output_dir', 'context_length', 'over_context', 'context_note',
+           'drop_over_context', 'skipped_rows', 'warmup_steps', 'training_args', 'preflight', 'demo_config',
+           'next_token_mask', 'hidden_at', 'label_loss_sum', 'label_loss', 'fsdp_on_cpu', 'right_padded', 'VLMTrainer',
+           'history_rows', 'LossHistory', 'plot_history', 'checkpoint_files', 'checkpoint_record', 'mark_complete',
+           'complete_checkpoints', 'checkpoint_damage', 'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock',
+           'prior_run', 'clear_run', 'config_changes', 'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError',
+           'guarded_transform', 'SkipBad', 'save_now', 'disk_full', 'disk_full_message', 'TrainResult', 'loss_over',
+           'skipped_summary', 'progress_bars', 'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
 class _Strict(BaseModel):
@@ -375,7 +376,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
     return train_ds, eval_ds, reports
 
 # %% ../nbs/04_train.ipynb #fdaeee59
-from .load import ARCHS, arch_of, load_model, load_processor, tiny_model, model_summary
+from .load import ARCHS, arch_of, component_of, load_model, load_processor, tiny_model, model_summary
 from .collate import (VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow,
                           packing_efficiency)
 from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
@@ -495,6 +496,7 @@ class Preflight:
     skipped: list[dict] = field(default_factory=list)  # samples left out under on_bad_data: skip (`skipped_rows`)
     total_steps: int = 0                    # optimizer steps of the whole run
     seconds: float = 0.0
+    keep_vision: bool = False               # batches without images get a blank one (`VLMCollator.keep_vision`): text-only samples, vision side trained
 
     def _repr_markdown_(self):
         kinds = ", ".join(f"{k} x{n}" for k, n in Counter(r["kind"] for r in self.skipped).most_common())
@@ -592,6 +594,27 @@ def disk_need(c: TrainConfig, trainable: int, save_steps: int | None, total_step
     saves = math.ceil(total_steps / save_steps) if save_steps else 2  # time-based saves: at least one kept and one being written
     copies = min(c.save_total_limit + 1, saves) if c.save_total_limit else saves
     return trainable * (CHECKPOINT_BYTES_PER_PARAMETER * copies + 4) + DISK_MARGIN
+
+# %% ../nbs/04_train.ipynb #a925e42c
+def vision_batches(c: TrainConfig, model, arch, targets: list[str], budget: BudgetReport, notes: list[str]) -> bool:
+    """Whether batches without images need a blank image (`VLMCollator.keep_vision`): text-only samples while the vision
+    tower or the projector is trained. Packed rows cannot take one: with several processes that is refused here."""
+    vision = ("projector", "vision tower")
+    trained = c.lora.projector or any(component_of(t, arch) in vision for t in targets) or any(
+        component_of(full_module_name(model, arch, m), arch) in vision for m in c.lora.modules_to_save or [])
+    text_only = sum(r.n_images == 0 for r in budget.rows)
+    if not (trained and text_only): return False
+    what = "projector" if c.lora.projector else "vision tower"
+    if c.packing:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"packing: {text_only} text-only samples while the {what} is trained, on several processes: a process whose "
+                              "packed rows have no image would leave the vision side out of the step, and DDP fails or FSDP hangs. Set "
+                              "packing: false (vlmnb then gives image-free batches a blank image), or train the language model only.")
+        return False
+    notes.append(f"data: {text_only} text-only samples while the {what} is trained: a batch without images gets one blank image, masked "
+                 "and unlabelled, so that the vision side runs at every step on every process (the loss is unchanged; DDP and FSDP "
+                 "need it)")
+    return True
 
 # %% ../nbs/04_train.ipynb #3b8699c8
 def _mib(n: int) -> str: return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.1f} GiB"
@@ -726,6 +749,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     if model is None:
         with torch.device("meta"): model = transformers.AutoModelForImageTextToText.from_config(config)
     targets = lora_targets(model, lora_spec(c))
+    keep_vision = vision_batches(c, model, arch, targets, budget, notes)
     settings = run_settings(c, config.get_text_config(), budget, attn)
     if c.packing: notes.append(packing_note(c, fit.lengths if fit else [r.total for r in budget.rows]))
     steps_per_epoch = math.ceil(len(train_ds) / (c.batch_size * c.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))))
@@ -735,7 +759,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     check_optimizer(c, training_args(c, eval_ds is not None, settings, eval_steps, save_steps, total_steps))
     output = check_output_dir(c.output_dir, disk_need(c, trainable_estimate(model, lora_spec(c), targets), save_steps, total_steps))
     return Preflight(c, train_ds, eval_ds, reports, budget, fit, targets, arch.model_type, settings, collator.stop_note, attn,
-                     eval_steps, save_steps, notes, output, skipped_rows(c, reports, fit, source_at), total_steps, time.time() - t0)
+                     eval_steps, save_steps, notes, output, skipped_rows(c, reports, fit, source_at), total_steps, time.time() - t0, keep_vision)
 
 # %% ../nbs/04_train.ipynb #982ba021
 def _with_lengths(ds, lengths: list[int], c: TrainConfig):
@@ -804,6 +828,20 @@ def label_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     return _labelled(model, model, batch)[:2]
 
 # %% ../nbs/04_train.ipynb #cd8c6913
+def fsdp_on_cpu(trainer) -> bool:
+    """FSDP for a CPU process group (gloo) launched with accelerate's FSDP config: accelerate 1.15 turns FSDP on only for
+    GPU-like devices, and the run would be DDP without a word. The plugin comes from the `FSDP_*` variables that
+    `accelerate launch` sets. True when it turned FSDP on."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true") or torch.cuda.is_available(): return False
+    state = trainer.accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU: return False
+    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, FullyShardedDataParallelPlugin()
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # each new AcceleratorState copies it from here
+    trainer.is_fsdp_enabled = True
+    return True
+
 def right_padded(mask) -> bool:
     "Whether every row of a 2-D attention mask is its tokens followed only by padding."
     return torch.is_tensor(mask) and mask.dim() == 2 and bool((mask.cumprod(1) == mask).all())
@@ -827,6 +865,10 @@ class VLMTrainer(Trainer):
             loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices: loss = loss * self.accelerator.num_processes  # DDP averages gradients
         return (loss, outputs) if return_outputs else loss
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        fsdp_on_cpu(self)
 
 # %% ../nbs/04_train.ipynb #b8b8df13
 HISTORY_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
@@ -1158,9 +1200,9 @@ def _write_skipped(out: Path, rows: list[dict]) -> None:
     if rows or earlier: path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(l + "\n" for l in earlier))
 
 # %% ../nbs/04_train.ipynb #dd712a25
-def _write_outputs(c: TrainConfig, peft_model, processor, history, metrics, predictions) -> None:
+def _write_outputs(c: TrainConfig, peft_model, processor, history, metrics, predictions, state_dict=None) -> None:
     out = Path(c.output_dir)
-    save_lora(peft_model, out)
+    save_lora(peft_model, out, state_dict)
     processor.save_pretrained(out)
     (out/"vlmnb_config.yaml").write_text(yaml.safe_dump(c.model_dump(mode="json"), sort_keys=False))
     (out/"metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -1208,7 +1250,7 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
     out = Path(c.output_dir)
     collator = SkipBad(VLMCollator(processor, arch=ARCHS[pf.arch], train_on_inputs=c.train_on_inputs, max_length=c.max_length,
                                    append_eos=c.append_eos, packing=c.packing, pack_length=c.pack_length,
-                                   model=peft_model if c.packing else None))
+                                   model=peft_model if c.packing else None, keep_vision=pf.keep_vision))
     train_ds = pf.train.with_format(None).with_transform(guarded_transform(image_policy(c), c.on_bad_data, out/SKIPPED_FILE))
     history, stop = LossHistory(live=_in_notebook()), StopOnSignal()
     ckpt = CompleteCheckpoints(c.save_total_limit, record["run_id"], c.model_dump(mode="json"),
@@ -1255,8 +1297,10 @@ def _train(c: TrainConfig, resume: str | None, record: dict, notes: list[str], c
         after = accuracy(peft_model, processor, samples, c.max_new_tokens)
         metrics.update(before={"accuracy": before.accuracy}, after={"accuracy": after.accuracy}, eval_samples=len(samples))
         predictions = [{"reference": r, "before": b, "after": a} for r, b, a in zip(after.references, before.predictions, after.predictions)]
+    # FSDP: the parameters are shards; the full state dict is gathered by a collective that every process joins
+    full = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.is_world_process_zero():
-        try: _write_outputs(c, peft_model, processor, history.history, metrics, predictions)
+        try: _write_outputs(c, peft_model, processor, history.history, metrics, predictions, full)
         except OSError as e:
             if disk_full(e): raise RunError(disk_full_message(out)) from e
             raise
