@@ -715,44 +715,62 @@ def _pool_context():
     "Processes by fork where the platform has it (they start at once, with vlmnb imported); the platform's default elsewhere."
     return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
+class _Checks:
+    "A check of `refs` under way: the cached results read at once, the rest sent to a process pool (`send`) or run by `done`."
+    def __init__(self, refs: list[dict], policy: ImagePolicy | None, timeout: float, cache):
+        self.t0, self.refs, self.policy, self.timeout = time.perf_counter(), refs, policy, timeout
+        self.identities = [image_identity(r) for r in refs]
+        self.keys = [(k + "|" + _limits(policy)) if k else None for k in self.identities]
+        self.store = open_cache(cache) if any(self.keys) else None
+        known = self.store.get(sorted({k for k in self.keys if k})) if self.store else {}
+        self.results = [known.get(k) if k else None for k in self.keys]
+        self.todo = [i for i, r in enumerate(self.results) if r is None]
+        self.futures, self.workers = [], 1
+
+    def send(self, pool: ProcessPoolExecutor, workers: int) -> "_Checks":
+        "Hand the images not in the cache to `pool` in chunks: few enough to be cheap, enough for an even spread and a live bar."
+        step = max(16, min(512, len(self.todo) // (workers * 8) + 1))
+        chunks = [self.todo[i:i + step] for i in range(0, len(self.todo), step)]
+        self.futures = [(c, pool.submit(_check_many, [self.refs[i] for i in c], self.policy, self.timeout)) for c in chunks]
+        self.workers = workers
+        return self
+
+    def done(self, bar=None) -> ImageChecks:
+        "Wait for the pool's chunks (the ones it could not do, and everything when there was no pool, run here), cache and return."
+        def take(chunk, found):
+            for i, r in zip(chunk, found): self.results[i] = r
+            if bar is not None: bar.update(len(chunk))
+        for chunk, future in self.futures:
+            try: take(chunk, future.result())
+            except (BrokenProcessPool, OSError) as e:  # no processes here (a sandbox, a dead worker): the rest in this one
+                if self.workers > 1: warnings.warn(f"image checks: the process pool failed ({e!r}); checking the rest in this process.", stacklevel=3)
+                self.workers = 1
+        rest = [i for i in self.todo if self.results[i] is None]
+        for k in range(0, len(rest), 256): take(rest[k:k + 256], _check_many([self.refs[i] for i in rest[k:k + 256]], self.policy, self.timeout))
+        unreadable = ("missing_file", "unreadable_file", "not_a_file")  # may change without the identity changing: not kept
+        if self.store: self.store.put({self.keys[i]: self.results[i] for i in self.todo if self.keys[i] and self.results[i].get("kind") not in unreadable})
+        return ImageChecks(self.results, len(self.refs) - len(self.todo), self.workers, time.perf_counter() - self.t0, self.identities)
+
 def image_checks(refs: list[dict], policy: ImagePolicy | None = None, timeout: float = 10.0, workers: int | None = None,
                  cache: CheckCache | str | Path | bool = True, progress: bool | None = None) -> ImageChecks:
     "Check every image of `refs` (as `check_image` does): on every core, and cached by image identity (`cache=False`: not)."
-    t0 = time.perf_counter()
-    identities = [image_identity(r) for r in refs]
-    keys = [(k + "|" + _limits(policy)) if k else None for k in identities]
-    store = open_cache(cache) if any(keys) else None
-    known = store.get(sorted({k for k in keys if k})) if store else {}
-    results = [known.get(k) if k else None for k in keys]
-    todo = [i for i, r in enumerate(results) if r is None]
+    checks = _Checks(refs, policy, timeout, cache)
+    todo = checks.todo
     workers = max(1, min(workers or _cores(), len(todo))) if len(todo) >= POOL_FROM else 1
-    show = progress if progress is not None else len(todo) >= PROGRESS_FROM
     bar = None
-    if show:
+    if progress if progress is not None else len(todo) >= PROGRESS_FROM:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="checking images" + (f" ({workers} processes)" if workers > 1 else ""), unit="image")
-    step = max(16, min(512, len(todo) // (workers * 8) + 1))  # chunks: few enough to be cheap, enough for an even spread and a live bar
-    chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
-    def take(chunk, found):
-        for i, r in zip(chunk, found): results[i] = r
-        if bar is not None: bar.update(len(chunk))
     try:
-        if workers > 1:
-            try:
-                with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-                    for chunk, found in zip(chunks, pool.map(_check_many, [[refs[i] for i in c] for c in chunks],
-                                                             itertools.repeat(policy), itertools.repeat(timeout))):
-                        take(chunk, found)
-            except (BrokenProcessPool, OSError) as e:  # no processes here (a sandbox, a dead worker): the rest in this one
-                warnings.warn(f"image checks: the process pool failed ({e!r}); checking the rest in this process.", stacklevel=2)
-                workers = 1
-        for chunk in chunks:
-            if results[chunk[0]] is None: take(chunk, _check_many([refs[i] for i in chunk], policy, timeout))
+        if workers == 1: return checks.done(bar)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool: return checks.send(pool, workers).done(bar)
+        except (BrokenProcessPool, OSError) as e:  # the pool could not even start
+            warnings.warn(f"image checks: no process pool ({e!r}); checking in this process.", stacklevel=2)
+            return checks.done(bar)
     finally:
         if bar is not None: bar.close()
-    unreadable = ("missing_file", "unreadable_file", "not_a_file")  # may change without the identity changing: not kept
-    if store: store.put({keys[i]: results[i] for i in todo if keys[i] and results[i].get("kind") not in unreadable})
-    return ImageChecks(results, len(refs) - len(todo), workers, time.perf_counter() - t0, identities)
+
 
 # %% ../nbs/00_data.ipynb #e4b319fa
 @dataclass
@@ -1117,7 +1135,7 @@ def load_prepared(key: str, policy: ImagePolicy | None = None) -> tuple[hfd.Data
     r = m["report"]
     report = DataReport(r["n_samples"], [Problem(**p) for p in r["problems"]], r["skipped"], r["notes"],
                         f"{len(m['images']):,} images unchanged since their check (the prepared-data cache, {time.perf_counter() - t0:.1f} s); "
-                        f"then: {r['image_check']}" if r["image_check"] else "")
+                        f"that check: {r['image_check']}" if r["image_check"] else "")
     return ds.with_transform(decode_transform(policy)), report
 
 # %% ../nbs/00_data.ipynb #c7320e13
@@ -1152,19 +1170,34 @@ def prepare(
         if hit[1].problems and on_error == "raise": raise DataError(hit[1], str(source))
         return hit
     _resolved_folder.cache_clear()  # folders are resolved once per prepare: a link changed since the last one is seen
-    records, default_root, _ = read_records(source, split, format, name, streaming)
+    records, default_root, total = read_records(source, split, format, name, streaming)
     root = Path(root).expanduser() if root is not None else default_root
     base, max_bytes = (root or Path.cwd()).resolve(), (policy or ImagePolicy()).max_file_bytes
     rows, problems, n_read, outside, block, checks, checked = [], [], 0, 0, [], [], []
+    # a large source: one pool for the whole read, each block's images checked while the next block is made canonical
+    overlap = check_images and not n and total is not None and total > BLOCK and _cores() > 1
+    pool, pending, t0 = ProcessPoolExecutor(_cores(), mp_context=_pool_context()) if overlap else None, None, time.perf_counter()
+    bar = None
+    if overlap and total >= PROGRESS_FROM:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=f"reading samples, checking images ({_cores()} processes)", unit="sample")
 
-    def settle() -> bool:
-        "Check the images of the block's records together, then take its rows and problems in order; True once n are usable."
-        nonlocal n_read, outside
+    def start(block) -> _Checks | None:
         refs = [ref for _, row in block if isinstance(row, dict) for ref in row["images"]]
-        if check_images and refs:
-            checks.append(image_checks(refs, policy, timeout))
-            checked.extend(zip((r["path"] if r["bytes"] is None else None for r in refs), checks[-1].identities))
-        found = iter(checks[-1].results if check_images and refs else [])
+        if not (check_images and refs): return None
+        if pool is None: return image_checks(refs, policy, timeout)
+        c = _Checks(refs, policy, timeout, True)
+        return c.send(pool, _cores()) if len(c.todo) >= POOL_FROM else c
+
+    def settle(block, started) -> bool:
+        "Take the block's rows and problems in order, with its images' checks; True once n are usable."
+        nonlocal n_read, outside
+        done = started.done() if isinstance(started, _Checks) else started
+        if done is not None:
+            checks.append(done)
+            checked.extend(zip((r["path"] if r["bytes"] is None else None for _, row in block if isinstance(row, dict) for r in row["images"]), done.identities))
+        found = iter(done.results if done is not None else [])
+        if bar is not None: bar.update(len(block))
         for i, row in block:
             n_read += 1
             if isinstance(row, Problem): problems.append(row); continue
@@ -1176,18 +1209,29 @@ def prepare(
             if n and len(rows) >= n: return True  # a stream is left unread from here
         return False
 
-    for i, rec in records:
-        try:
-            if isinstance(rec, SampleError): raise rec
-            block.append((i, canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)))
-        except SampleError as e: block.append((i, e.problem))
-        if len(block) >= (min(BLOCK, n - len(rows)) if n else BLOCK):
-            stop = settle(); block.clear()
-            if stop: break
-    else: settle()
+    try:
+        for i, rec in records:
+            try:
+                if isinstance(rec, SampleError): raise rec
+                block.append((i, canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)))
+            except SampleError as e: block.append((i, e.problem))
+            if len(block) >= (min(BLOCK, n - len(rows)) if n else BLOCK):
+                if overlap:
+                    if pending: settle(*pending)
+                    pending, block = (block, start(block)), []
+                else:
+                    stop = settle(block, start(block)); block = []
+                    if stop: break
+        else:
+            if pending: settle(*pending)
+            settle(block, start(block))
+    finally:
+        if pool is not None: pool.shutdown(cancel_futures=True)
+        if bar is not None: bar.close()
     report = DataReport(n_read, problems)
     if checks: report.image_check = str(ImageChecks([r for c in checks for r in c.results], sum(c.cached for c in checks),
-                                                     max(c.workers for c in checks), sum(c.seconds for c in checks)))
+                                                     max(c.workers for c in checks),
+                                                     time.perf_counter() - t0 if overlap else sum(c.seconds for c in checks)))
     if outside: report.notes.append(f"{outside} image path{'s lie' if outside > 1 else ' lies'} outside the dataset root {base}, "
                                     "accepted because allow_outside_root=True")
     report.skipped = report.bad_indices
