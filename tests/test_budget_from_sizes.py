@@ -147,3 +147,19 @@ def test_sizes_after_exif_orientation_and_the_policy(tmp_path):
     for _ in range(40):
         size = (rng.randint(16, 700), rng.randint(16, 700))
         for p in policies: assert normalised_size(size, p) == normalise_image(Image.new("RGB", size), p).size, (size, p)
+
+
+@pytest.mark.online
+@pytest.mark.parametrize("model_type", [a for a in TINY_ARCHS if a != "paligemma"])
+def test_real_processors_count_from_sizes_as_they_count(model_type):
+    "The registry's example checkpoint's own processor and template: the count from sizes equals the processor's."
+    from vlmnb.load import ARCHS, LoadError, load_processor
+    arch = ARCHS[model_type]
+    try: processor = load_processor(arch.example, arch=arch)
+    except (LoadError, OSError) as e: pytest.skip(f"{arch.example} cannot be loaded here (gated, needs a login, or offline): {e}")
+    collator = VLMCollator(processor, arch=arch)
+    ds = canonical_dataset(mixed_rows(24, seed=1))
+    exact = token_budget(ds, collator, fast=False)
+    fast = token_budget(ds, collator, fast=True)
+    assert [[getattr(r, f) for f in _CACHED_FIELDS] for r in fast.rows] == [[getattr(r, f) for f in _CACHED_FIELDS] for r in exact.rows]
+    assert "from image sizes" in fast.how, fast.how

@@ -74,6 +74,7 @@ def adapter(folder: Path) -> dict: return load_file(folder/"run"/"adapter_model.
 def assert_close(a: dict, b: dict, tol: float = TOL):
     assert a.keys() == b.keys()
     worst = max((x - b[k]).abs().max().item() for k, x in a.items())
+    print(f"largest adapter difference: {worst:.2e} (tolerance {tol:.0e})")
     assert worst <= tol, f"adapters differ by up to {worst:.2e} (tolerance {tol:.0e})"
 
 
@@ -142,3 +143,13 @@ def test_the_preflight_turns_keep_vision_on_only_where_needed(tmp_path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="packing: 5 text-only samples while the projector is trained"):
         preflight(make_config({**base, "lora": {"projector": True}, "packing": True}))
+
+
+def test_mllama_cross_attention_counts_as_the_vision_side(tmp_path):
+    "Mllama's cross-attention layers run only when a batch has an image: training them with text-only samples needs the blank image too."
+    from vlmnb.train import make_config, preflight
+    data = mixed_data(tmp_path/"data", n_text=3)
+    base = {"base_model": "tiny:mllama", "datasets": [{"path": str(data)}], "output_dir": str(tmp_path/"run")}
+    pf = preflight(make_config({**base, "lora": {"cross_attention": True}}))
+    assert pf.keep_vision and any("while the cross-attention is trained" in n for n in pf.notes)
+    assert not preflight(make_config(base)).keep_vision

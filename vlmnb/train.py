@@ -601,10 +601,11 @@ def vision_batches(c: TrainConfig, model, arch, targets: list[str], budget: Budg
     tower or the projector is trained. Packed rows cannot take one: with several processes that is refused here."""
     vision = ("projector", "vision tower")
     trained = c.lora.projector or any(component_of(t, arch) in vision for t in targets) or any(
-        component_of(full_module_name(model, arch, m), arch) in vision for m in c.lora.modules_to_save or [])
+        component_of(full_module_name(model, arch, m), arch) in vision for m in c.lora.modules_to_save or []) or (
+        c.lora.cross_attention and any("cross_attn" in t for t in targets))  # Mllama's cross-attention layers run only with an image
     text_only = sum(r.n_images == 0 for r in budget.rows)
     if not (trained and text_only): return False
-    what = "projector" if c.lora.projector else "vision tower"
+    what = "projector" if c.lora.projector else "cross-attention" if c.lora.cross_attention else "vision tower"
     if c.packing:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"packing: {text_only} text-only samples while the {what} is trained, on several processes: a process whose "
