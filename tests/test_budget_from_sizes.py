@@ -163,3 +163,15 @@ def test_real_processors_count_from_sizes_as_they_count(model_type):
     fast = token_budget(ds, collator, fast=True)
     assert [[getattr(r, f) for f in _CACHED_FIELDS] for r in fast.rows] == [[getattr(r, f) for f in _CACHED_FIELDS] for r in exact.rows]
     assert "from image sizes" in fast.how, fast.how
+
+
+def test_counting_in_processes_gives_the_same_rows(monkeypatch):
+    "Chunks of samples counted in forked processes (as for 100k samples) come back in order and equal to the processor's."
+    _, processor = tiny_model("qwen2_vl")
+    collator = VLMCollator(processor, model_type="qwen2_vl")
+    ds = canonical_dataset(mixed_rows(40))
+    monkeypatch.setattr(vc, "COUNT_CHUNK", 6)  # 7 chunks over the cores
+    fast = token_budget(ds, collator, fast=True)
+    exact = token_budget(ds, collator, fast=False)
+    assert [[getattr(r, f) for f in _CACHED_FIELDS + ("index", "position")] for r in fast.rows] == \
+           [[getattr(r, f) for f in _CACHED_FIELDS + ("index", "position")] for r in exact.rows]

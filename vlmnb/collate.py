@@ -25,7 +25,7 @@ from .data import DataReport, Problem
 from .load import ARCHS, Arch, arch_of
 
 # %% auto #0
-__all__ = ['TEMPLATE_KWARGS', 'BUDGET_VERSION', 'FAST_FROM', 'NEAR', 'VERIFY', 'PROBE', 'PROBE2', 'ROLE_COLOURS',
+__all__ = ['TEMPLATE_KWARGS', 'BUDGET_VERSION', 'FAST_FROM', 'NEAR', 'VERIFY', 'COUNT_CHUNK', 'PROBE', 'PROBE2', 'ROLE_COLOURS',
            'PACKED_PER_TOKEN', 'CollateError', 'render', 'end_of_turn_at', 'special_strings', 'special_chain_at',
            'answer_end_at', 'answer_spans', 'assistant_spans', 'template_end_of_turn', 'prompt_gap', 'span_mask',
            'bos_kwargs', 'encode', 'vision_token_ids', 'make_labels', 'paligemma_parts', 'Rendered',
@@ -583,6 +583,7 @@ def budget_keys(ds, collator: VLMCollator, policy=None) -> list[str | None]:
 FAST_FROM = 1000   # samples from which the token budget counts from image sizes (`token_budget(fast=None)`)
 NEAR = 16          # samples within this many tokens of max_length are recounted by the processor
 VERIFY = 8         # samples counted both ways on every fast count; any difference and every sample is counted by the processor
+COUNT_CHUNK = 2048 # samples a counting process takes at a time (more than one chunk: one process per core)
 PROBE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
          {"role": "assistant", "content": [{"type": "text", "text": "A picture."}]}]
 
@@ -698,21 +699,23 @@ def _fast_budget(ds, collator: VLMCollator, policy, max_length: int | None, prog
     if c.arch.model_type == "paligemma": return None  # its processor writes the text around the images itself
     costs = ImageCosts(c)
     if costs.marker is None: return None
-    has_source = "source_index" in ds.column_names
-    cols = _columns(ds, "messages", "images", *(["source_index"] if has_source else []))
-    messages = [[{**t, "content": [_strip_none(it) for it in t["content"]]} for t in m] for m in cols[0]]
-    idx = [s if s is not None else i for i, s in enumerate(cols[2])] if has_source else list(range(len(ds)))
-    checks = iter(image_checks([r for refs in cols[1] for r in refs or []], policy, cache=True, progress=progress).results)
-    sizes = []
-    for refs in cols[1]:
-        got = [next(checks) for _ in refs or []]
-        sizes.append(None if any("size" not in g for g in got) else [normalised_size(tuple(g["size"]), policy) for g in got])
+    table = ds.with_format("arrow")[:]
+    messages = [[{**t, "content": [_strip_none(it) for it in t["content"]]} for t in m] for m in table.column("messages").to_pylist()]
+    idx = ([s if s is not None else i for i, s in enumerate(table.column("source_index").to_pylist())]
+           if "source_index" in table.column_names else list(range(len(ds))))
+    sizes, step = [], 4096  # image references a slice at a time: embedded images are not all copied into Python at once
+    for a in range(0, len(table), step):
+        refs = table.column("images").slice(a, step).to_pylist()
+        checks = iter(image_checks([r for rs in refs for r in rs or []], policy, cache=True, progress=progress if a == 0 else False).results)
+        for rs in refs:
+            got = [next(checks) for _ in rs or []]
+            sizes.append(None if any("size" not in g for g in got) else [normalised_size(tuple(g["size"]), policy) for g in got])
     for ss in sizes:
         for s in ss or []: costs(s)
     costs.confirm()
-    step = 2048
+    step = COUNT_CHUNK
     chunks = [(messages[a:a + step], idx[a:a + step], costs.marker) for a in range(0, len(messages), step)]
-    workers = min(_cores(), len(chunks))
+    workers = min(_cores(), len(chunks)) if _pool_context() is not None else 1  # the processes inherit the collator: fork only
     bar = None
     if progress if progress is not None else len(messages) >= PROGRESS_FROM:
         from tqdm.auto import tqdm
@@ -774,11 +777,12 @@ def budget_set_key(ds, collator: VLMCollator, policy=None) -> str | None:
             if embedded: continue  # its bytes are in the table
             if (k := image_identity({"bytes": None, "path": path})) is None: return None
             ids.append(k)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w: w.write_table(table)
     h = hashlib.blake2b(digest_size=16)
     for part in (collator_fingerprint(collator), repr(policy), "\n".join(ids)): h.update(part.encode())
-    h.update(memoryview(sink.getvalue()))
+    for batch in table.to_batches(max_chunksize=2048):  # a chunk at a time: embedded images are not all copied at once
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as w: w.write_batch(batch)
+        h.update(memoryview(sink.getvalue()))
     return h.hexdigest()
 
 def _pack_set(rows: list[BudgetRow], problems: list[Problem], positions: list[int]) -> dict:

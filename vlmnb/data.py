@@ -6,7 +6,7 @@ Docs: https://vlmnb.github.io/vlmnb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #a240194f
 from __future__ import annotations
-import base64, binascii, contextlib, csv, errno, functools, hashlib, http.client, io, ipaddress, itertools, json, math, os, random, re, reprlib, socket, sqlite3, stat, textwrap, threading, time, urllib.error, urllib.parse, urllib.request, warnings
+import base64, binascii, contextlib, csv, errno, functools, hashlib, http.client, io, ipaddress, itertools, json, math, os, random, re, reprlib, socket, sqlite3, stat, sys, textwrap, threading, time, urllib.error, urllib.parse, urllib.request, warnings
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -712,8 +712,8 @@ def _cores() -> int:
     return max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
 
 def _pool_context():
-    "Processes by fork where the platform has it (they start at once, with vlmnb imported); the platform's default elsewhere."
-    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    "Processes by fork on Linux (they start at once, with vlmnb imported); None elsewhere (the platform's default, spawn)."
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
 
 class _Checks:
     "A check of `refs` under way: the cached results read at once, the rest sent to a process pool (`send`) or run by `done`."
