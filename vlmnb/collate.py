@@ -741,7 +741,8 @@ def _fast_budget(ds, collator: VLMCollator, policy, max_length: int | None, prog
         rows[i] = _sample_row(c, costs, idx[i], sizes[i], got) if sizes[i] is not None else None
         if rows[i] is None or (len(sizes[i]) > 1 and not costs.multi) or (max_length and abs(rows[i].total - max_length) <= NEAR): redo.append(i)
         else: rows[i].position = i
-    fast = [i for i, r in enumerate(rows) if r is not None and i not in set(redo)]
+    recount = set(redo)
+    fast = [i for i, r in enumerate(rows) if r is not None and i not in recount]
     check = set(fast[:: max(1, len(fast) // VERIFY)][:VERIFY])
     check |= {next((i for i in fast if not sizes[i]), None), next((i for i in fast if len(sizes[i]) > 1), None)} - {None}
     for i in sorted(check):
