@@ -855,6 +855,7 @@ class BudgetFit:
     dropped: list[Problem]
     lengths: list[int] = field(default_factory=list)  # tokens of each kept sample, in the kept dataset's order
     dropped_positions: list[int] = field(default_factory=list)  # row of each dropped sample in the dataset fitted (-1: unknown)
+    kept_positions: list[int] = field(default_factory=list, repr=False)  # row of each kept sample in the dataset fitted
 
     def __str__(self):
         return (f"kept {self.kept} samples ({len(self.truncated)} truncated: {self.truncated[:20]}); "
@@ -880,7 +881,7 @@ def fit_to_budget(ds, report: BudgetReport, policy: Literal["truncate", "drop"] 
         elif not 0 <= r.first_label < n: why = ("answer_past_max_length", f"its answer starts at token {r.first_label}, past max_length={n}")
         else: keep.append(i); truncated.append(idx); continue
         dropped.append(Problem(idx, why[0], why[1] + (f"; {r.fix}" if r.fix else ""))); positions.append(i)
-    return ds.select(keep), BudgetFit(len(keep), truncated, dropped, [min(row_at[i].total, n or row_at[i].total) for i in keep], positions)
+    return ds.select(keep), BudgetFit(len(keep), truncated, dropped, [min(row_at[i].total, n or row_at[i].total) for i in keep], positions, keep)
 
 # %% ../nbs/02_collate.ipynb #fa561eaa
 def patch_grid(batch: dict, arch: Arch, table: list[dict], image_token_id: int, merge: int = 2) -> tuple[int, int] | None:

@@ -24,16 +24,16 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['ROLES', 'ROLE_ALIASES', 'IMAGE_TAG', 'FEATURES', 'MAX_IMAGE_BYTES', 'QUESTION_COLUMNS', 'ANSWER_COLUMNS',
-           'MAX_REDIRECTS', 'Resize', 'Resample', 'IMAGE_CHECKS', 'POOL_FROM', 'PROGRESS_FROM', 'CHECKS_VERSION',
-           'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'PREPARED_VERSION', 'PREPARED_KEEP', 'PREPARED_MAX_BYTES',
-           'BLOCK', 'COLOURS', 'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC', 'Problem', 'SampleError', 'png_bytes',
-           'image_ref', 'canonical_sample', 'ImageProblem', 'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb',
-           'resize_image', 'normalised_size', 'normalise_image', 'check_image', 'check_sample', 'image_identity',
-           'CheckCache', 'open_cache', 'ImageChecks', 'image_checks', 'DataReport', 'parse_split', 'split_rows',
-           'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub', 'read_records', 'DataError',
-           'decode_transform', 'canonical_dataset', 'source_identity', 'prepared_key', 'store_prepared',
-           'load_prepared', 'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes', 'text_images',
-           'load_data', 'show_samples']
+           'PREFERENCE_FEATURES', 'LAYOUTS', 'MAX_REDIRECTS', 'Resize', 'Resample', 'IMAGE_CHECKS', 'POOL_FROM',
+           'PROGRESS_FROM', 'CHECKS_VERSION', 'MANIFEST_NAMES', 'HUB_PREFIX', 'FORMATS', 'PREPARED_VERSION',
+           'PREPARED_KEEP', 'PREPARED_MAX_BYTES', 'BLOCK', 'COLOURS', 'SHAPES', 'SYNTH_FEATURES', 'WORDS', 'SYNTHETIC',
+           'Problem', 'SampleError', 'png_bytes', 'image_ref', 'canonical_sample', 'preference_sample', 'ImageProblem',
+           'fetch_url', 'ImagePolicy', 'open_image', 'to_rgb', 'resize_image', 'normalised_size', 'normalise_image',
+           'check_image', 'check_sample', 'image_identity', 'CheckCache', 'open_cache', 'ImageChecks', 'image_checks',
+           'DataReport', 'parse_split', 'split_rows', 'from_image_folder', 'is_hub_id', 'HubUnavailable', 'read_hub',
+           'read_records', 'DataError', 'decode_transform', 'canonical_dataset', 'source_identity', 'prepared_key',
+           'store_prepared', 'load_prepared', 'prepare', 'load_samples', 'check', 'colour_shapes', 'count_shapes',
+           'text_images', 'preference_pairs', 'load_data', 'show_samples']
 
 # %% ../nbs/00_data.ipynb #518a92fb
 ROLES = ("system", "user", "assistant")
@@ -293,6 +293,53 @@ def canonical_sample(
     root = Path(root) if root is not None else None
     return {"messages": turns, "source_index": index,
             "images": [image_ref(im, root, index, f"image {k}", allow_outside_root, max_bytes) for k, im in enumerate(images)]}
+
+# %% ../nbs/00_data.ipynb #f55034a4
+PREFERENCE_FEATURES = hfd.Features({**FEATURES, "rejected": hfd.Value("string")})
+LAYOUTS = ("sft", "preference")  # what a source holds: conversations to imitate, or prompts with a chosen and a rejected answer
+
+def _answer_text(value, index: int, key: str) -> str:
+    "A chosen or rejected answer as text: a string, or assistant message(s) whose content is text."
+    msgs = [value] if isinstance(value, dict) else value
+    if isinstance(msgs, (list, tuple)):
+        roles = [ROLE_ALIASES.get(r, r) for m in msgs if isinstance(m, dict) for r in [m.get("role", m.get("from"))]]
+        if not msgs or len(roles) != len(msgs) or set(roles) != {"assistant"}:
+            _fail(index, "bad_layout", f"{key}: expected a string or assistant message(s), got {str(value)[:80]!r}. A preference "
+                                       "pair's answers are the assistant's replies; the prompt goes in prompt (or messages).")
+        items = [it for m in msgs for it in _content_items(m.get("content", m.get("value")), index, key)]
+        if any(it.get("type") != "text" for it in items):
+            _fail(index, "bad_layout", f"{key}: an answer with an image; the images of a pair belong to its prompt.")
+        value = "".join(str(it.get("text") or "") for it in items)
+    if not isinstance(value, str): _fail(index, "text_not_string", f"{key} is {type(value).__name__}, expected a string.")
+    if not value.strip(): _fail(index, f"empty_{key}", f"the {key} answer is empty. Drop the pair or fill in the answer.")
+    return value
+
+def preference_sample(record: dict, index: int = 0, root: str | Path | None = None, column_map: dict | None = None,
+                      allow_outside_root: bool = False, max_bytes: int = MAX_IMAGE_BYTES) -> dict:
+    "A preference record -> the canonical sample of its prompt and chosen answer, with the `rejected` answer as text."
+    if not isinstance(record, dict): _fail(index, "bad_layout", f"is a {type(record).__name__}, expected a dict.")
+    record = {(column_map or {}).get(k, k): v for k, v in record.items()}
+    if missing := [k for k in ("chosen", "rejected") if k not in record]:
+        _fail(index, "bad_layout", f"has no {' and no '.join(map(repr, missing))} answer (keys: {sorted(record)}). A preference "
+                                   "pair needs a prompt, a chosen and a rejected answer; rename your columns with column_map.")
+    chosen, rejected = _answer_text(record.pop("chosen"), index, "chosen"), _answer_text(record.pop("rejected"), index, "rejected")
+    if chosen.strip() == rejected.strip():
+        _fail(index, "same_answer", "the chosen and the rejected answers are the same text, so the pair teaches nothing. "
+                                    "Drop the pair or correct one of its answers.")
+    key = next((k for k in ("messages", "conversations") if k in record), None)
+    if "prompt" in record: record["completion"] = chosen
+    elif key:
+        turns = list(record[key]) if isinstance(record[key], (list, tuple)) else record[key]
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and \
+                ROLE_ALIASES.get(r := turns[-1].get("role", turns[-1].get("from")), r) == "assistant":
+            _fail(index, "bad_layout", f"{key} ends with an assistant turn. Give the prompt without its answer; the answers "
+                                       "go in chosen and rejected.")
+        record[key] = turns + [{"role": "assistant", "content": chosen}] if isinstance(turns, list) else turns
+    elif any(k in record for k in QUESTION_COLUMNS):
+        record = {k: v for k, v in record.items() if k not in ANSWER_COLUMNS} | {"answer": chosen}
+    else: _fail(index, "bad_layout", f"has no prompt: none of prompt, messages, conversations or a question column (keys: "
+                                     f"{sorted(record)}). Rename your columns with column_map.")
+    return {**canonical_sample(record, index, root, None, allow_outside_root, max_bytes), "rejected": rejected}
 
 # %% ../nbs/00_data.ipynb #3e2faf96
 class ImageProblem(Exception):
@@ -1122,14 +1169,14 @@ def store_prepared(key: str, ds: hfd.Dataset, report: DataReport, checked: list[
             warnings.warn(f"vlmnb could not keep the prepared data in {arrow.parent} ({e}); it is prepared again next time.", stacklevel=3)
         return False
 
-def load_prepared(key: str, policy: ImagePolicy | None = None) -> tuple[hfd.Dataset, DataReport] | None:
+def load_prepared(key: str, policy: ImagePolicy | None = None, features: hfd.Features = FEATURES) -> tuple[hfd.Dataset, DataReport] | None:
     "A kept prepared dataset and its report, when every image it checked is unchanged; None otherwise."
     t0, (arrow, meta) = time.perf_counter(), _prepared_files(key)
     try:
         m = json.loads(meta.read_text())
         for path, ident in m["images"]:
             if path is not None and image_identity({"bytes": None, "path": path}) != ident: return None
-        ds = hfd.Dataset.from_file(str(arrow), info=hfd.DatasetInfo(features=FEATURES))
+        ds = hfd.Dataset.from_file(str(arrow), info=hfd.DatasetInfo(features=features))
         os.utime(meta)  # recently used
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException): return None
     r = m["report"]
@@ -1161,12 +1208,16 @@ def prepare(
     n: int | None = None,                        # stop once n samples are usable; only the records read are checked and reported
     allow_outside_root: bool = False,            # accept image paths outside the root (absolute paths on purpose); the report counts them
     cache: bool = False,                         # keep the result in VLMNB_CACHE and reuse it while the source and its images are unchanged
+    layout: Literal["sft", "preference"] = "sft",  # conversations, or preference pairs (`preference_sample`: a rejected column too)
 ) -> tuple[hfd.Dataset, DataReport]:
     "Read, canonicalise and validate `source`: the lazily-decoding dataset and the validation report."
     if on_error not in ("raise", "skip"): raise ValueError(f"on_error={on_error!r}; use 'raise' or 'skip'.")
+    if layout not in LAYOUTS: raise ValueError(f"layout={layout!r}; use one of {', '.join(LAYOUTS)}.")
+    features, to_sample = (PREFERENCE_FEATURES, preference_sample) if layout == "preference" else (FEATURES, canonical_sample)
     key = prepared_key(source, root=root, split=split, format=format, column_map=column_map, policy=policy,  # on_error: the same rows and report either way
-                       check_images=check_images, name=name, n=n, allow_outside_root=allow_outside_root) if cache and not streaming else None
-    if key and (hit := load_prepared(key, policy)):
+                       check_images=check_images, name=name, n=n, allow_outside_root=allow_outside_root,
+                       **({"layout": layout} if layout != "sft" else {})) if cache and not streaming else None
+    if key and (hit := load_prepared(key, policy, features)):
         if hit[1].problems and on_error == "raise": raise DataError(hit[1], str(source))
         return hit
     _resolved_folder.cache_clear()  # folders are resolved once per prepare: a link changed since the last one is seen
@@ -1213,7 +1264,7 @@ def prepare(
         for i, rec in records:
             try:
                 if isinstance(rec, SampleError): raise rec
-                block.append((i, canonical_sample(rec, i, base, column_map, allow_outside_root, max_bytes)))
+                block.append((i, to_sample(rec, i, base, column_map, allow_outside_root, max_bytes)))
             except SampleError as e: block.append((i, e.problem))
             if len(block) >= (min(BLOCK, n - len(rows)) if n else BLOCK):
                 if overlap:
@@ -1235,7 +1286,7 @@ def prepare(
     if outside: report.notes.append(f"{outside} image path{'s lie' if outside > 1 else ' lies'} outside the dataset root {base}, "
                                     "accepted because allow_outside_root=True")
     report.skipped = report.bad_indices
-    ds = canonical_dataset(rows, policy)
+    ds = canonical_dataset(rows, policy, features)
     if key: store_prepared(key, ds, report, checked)
     if problems and on_error == "raise": raise DataError(report, str(source) if isinstance(source, (str, Path)) else "the dataset")
     return ds, report
@@ -1321,22 +1372,36 @@ def text_images(n: int = 100, seed: int = 0, size: tuple[int, int] = (128, 48), 
         rows.append(_qa_row(i, "What text is in the image?", text, img, [list(draw.textbbox((x, y), text, font=font))]))
     return canonical_dataset(rows, features=SYNTH_FEATURES)
 
+# %% ../nbs/00_data.ipynb #243c9424
+def preference_pairs(ds: hfd.Dataset, seed: int = 0) -> hfd.Dataset:
+    "A synthetic set as preference pairs: its answer chosen, another of its answers (drawn from `seed`) rejected."
+    rng, answers = random.Random(seed), sorted(set(ds["answer"]))
+    if len(answers) < 2: raise ValueError("preference pairs need at least two different answers in the set.")
+    rejected = [rng.choice([b for b in answers if b != a]) for a in ds["answer"]]
+    return ds.with_format(None).add_column("rejected", rejected).cast(hfd.Features({**ds.features, "rejected": hfd.Value("string")}))
+
 # %% ../nbs/00_data.ipynb #c1bb0a0c
-SYNTHETIC = {"colour_shapes": colour_shapes, "count_shapes": count_shapes, "text_images": text_images}
+SYNTHETIC = {"colour_shapes": colour_shapes, "count_shapes": count_shapes, "text_images": text_images,
+             "colour_pairs": lambda n, seed=0: preference_pairs(colour_shapes(n, seed=seed), seed),
+             "count_pairs": lambda n, seed=0: preference_pairs(count_shapes(n, seed=seed), seed)}
 
 def load_data(path: str, split: str | None = None, root: str | None = None, format: str | None = None,
               column_map: dict | None = None, n: int | None = None, seed: int = 0, policy: ImagePolicy | None = None,
               on_error: str = "raise", name: str | None = None, streaming: bool = False,
-              allow_outside_root: bool = False, cache: bool = False) -> tuple[hfd.Dataset, DataReport]:
-    "A canonical dataset and its report from a path or Hub dataset id, or from `synthetic:TASK` (`n` samples from `seed`)."
+              allow_outside_root: bool = False, cache: bool = False, layout: str = "sft") -> tuple[hfd.Dataset, DataReport]:
+    """A canonical dataset and its report from a path or Hub dataset id, or from `synthetic:TASK` (`n` samples from `seed`);
+    `layout='preference'` reads preference pairs (`preference_sample`)."""
     if path.startswith("synthetic:"):
         task = path.split(":", 1)[1]
         if task not in SYNTHETIC: raise ValueError(f"{path!r}: the synthetic sets are {', '.join('synthetic:' + t for t in SYNTHETIC)}.")
         ds = SYNTHETIC[task](n or 1000, seed=seed).with_format(None)
-        ds = ds.remove_columns([c for c in ds.column_names if c not in FEATURES])
+        features = PREFERENCE_FEATURES if layout == "preference" else FEATURES
+        if layout == "preference" and "rejected" not in ds.column_names:
+            raise ValueError(f"{path!r} has no rejected answers, so it cannot be preference data; use synthetic:colour_pairs or synthetic:count_pairs.")
+        ds = ds.remove_columns([c for c in ds.column_names if c not in features])
         return ds.with_transform(decode_transform(policy)), DataReport(len(ds))
     return prepare(path, root=root, split=split, format=format, column_map=column_map, policy=policy, on_error=on_error,
-                   name=name, streaming=streaming, n=n, allow_outside_root=allow_outside_root, cache=cache)
+                   name=name, streaming=streaming, n=n, allow_outside_root=allow_outside_root, cache=cache, layout=layout)
 
 # %% ../nbs/00_data.ipynb #6363552d
 def show_samples(ds: hfd.Dataset, n: int = 6, ncols: int = 3, width: int = 28, indices: Iterable[int] | None = None):

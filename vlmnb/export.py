@@ -80,6 +80,21 @@ def _use_snippet(run: RunFolder, folder: Path, merged: bool) -> list[str]:
             "out = model.generate(**inputs, max_new_tokens=32, do_sample=False)",
             'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```"]
 
+_METHODS = {"grpo": "GRPO (reinforcement learning with rewards)", "gspo": "GSPO (GRPO with sequence-level importance ratios)",
+            "dpo": "DPO (preference pairs)"}
+
+def _method_lines(c: dict, m: dict) -> list[str]:
+    "The card's lines on a GRPO, GSPO or DPO run: method, starting adapter, rewards, and the held-out reward."
+    method = c.get("method", "sft")
+    if method == "sft": return []
+    rl = c.get("rl") or {}
+    rewards = ", ".join(f"{r if isinstance(r, str) else r['name']} x{1.0 if isinstance(r, str) else r['weight']:g}" for r in rl.get("rewards", []))
+    lines = [f"Method: {_METHODS[method]} with TRL" + (f", starting from the adapter in `{c['init_adapter']}`" if c.get("init_adapter") else "")
+             + (f"; rewards {rewards}" if method != "dpo" else "") + "."]
+    if "reward" in (m.get("after") or {}):
+        lines.append(f"Mean reward of greedy answers to the held-out samples: {m['before']['reward']:.3f} before, {m['after']['reward']:.3f} after.")
+    return lines + [""]
+
 def model_card(run: RunFolder, merged: bool = False, parity: dict | None = None, folder: Path | None = None) -> str:
     "A README model card for a run, or for its export in `folder` (default: the run's own folder)."
     c, m = run.config, run.metrics
@@ -88,6 +103,9 @@ def model_card(run: RunFolder, merged: bool = False, parity: dict | None = None,
     data = [f"- `{d['path']}`" + (f" (split {d['split']})" if d.get("split") else "") + (f", {d['n']} samples" if d.get("n") else "")
             for d in c["datasets"]]
     lora = ", ".join(f"{k}={v}" for k, v in c["lora"].items() if v not in (None, False) or k in ("language", "vision"))
+    if c.get("init_adapter"):
+        a = json.loads((Path(c["init_adapter"])/"adapter_config.json").read_text()) if (Path(c["init_adapter"])/"adapter_config.json").exists() else {}
+        lora = f"the adapter of `{c['init_adapter']}`, trained further" + (f" (r={a['r']}, alpha={a['lora_alpha']})" if "r" in a else "")
     quant = f"; base quantized to {c['quantization']} in training (QLoRA)" if c.get("quantization") else ""
     rows = [f"| {k} | {v['accuracy']:.1%} |" for k, v in (("before", m.get("before")), ("after", m.get("after"))) if v]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
@@ -96,6 +114,7 @@ def model_card(run: RunFolder, merged: bool = False, parity: dict | None = None,
              "## Data", "", *data, "", "## LoRA", "", lora + quant, "", "## Training", "",
              f"{m.get('steps', '?')} steps, batch size {c['batch_size']} x {c['gradient_accumulation_steps']}, learning rate "
              f"{c['learning_rate']} ({c['lr_scheduler']}), seed {c['seed']}; final loss {m.get('final_loss', float('nan')):.4f}.", "",
+             *_method_lines(c, m),
              "## Metrics", "", "| model | exact-match accuracy |", "|---|---:|", *(rows or ["| (no held-out evaluation) | |"]), ""]
     if parity:
         lines += ["## Merge parity", "", f"Largest logit difference to the adapter model {parity['max_logit_diff']:.2e} over "

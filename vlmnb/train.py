@@ -21,21 +21,22 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # %% auto #0
-__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES',
-           'CHECKPOINT_BYTES_PER_PARAMETER', 'DISK_MARGIN', 'SKIPPED_FILE', 'LOGIT_CHUNK', 'HISTORY_KEYS', 'COMPLETE',
-           'LOCK_FILE', 'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE', 'DataSource', 'LoraFields', 'TrainConfig',
-           'ConfigError', 'from_axolotl', 'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path',
-           'is_main_process', 'lora_spec', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
+__all__ = ['AXOLOTL_KEYS', 'AXOLOTL_NOOPS', 'AXOLOTL_UNSUPPORTED', 'AXOLOTL_RL', 'AXOLOTL_TRL', 'AXOLOTL_TRL_NOOPS',
+           'AXOLOTL_SPEED_ONLY', 'AXOLOTL_TEMPLATES', 'CHECKPOINT_BYTES_PER_PARAMETER', 'DISK_MARGIN', 'SKIPPED_FILE',
+           'LOGIT_CHUNK', 'HISTORY_KEYS', 'COMPLETE', 'LOCK_FILE', 'RUN_FILE', 'RUN_OUTPUTS', 'RESUME_MAY_CHANGE',
+           'DataSource', 'LoraFields', 'RewardSpec', 'RLFields', 'TrainConfig', 'ConfigError', 'from_axolotl',
+           'make_config', 'image_policy', 'load_source', 'run_data', 'base_model_path', 'is_main_process', 'lora_spec',
+           'init_adapter_note', 'start_adapter', 'cpu_bf16', 'auto_precision', 'activation_bytes', 'free_memory',
            'RunSettings', 'run_settings', 'grouped', 'packing_note', 'Preflight', 'resolve_attention', 'per_epoch',
            'check_optimizer', 'template_formats', 'chat_template_note', 'special_tokens_note', 'trainable_estimate',
            'disk_need', 'vision_batches', 'check_output_dir', 'context_length', 'over_context', 'context_note',
-           'drop_over_context', 'skipped_rows', 'warmup_steps', 'training_args', 'preflight', 'demo_config',
-           'next_token_mask', 'hidden_at', 'label_loss_sum', 'label_loss', 'fsdp_on_cpu', 'right_padded', 'VLMTrainer',
-           'history_rows', 'LossHistory', 'plot_history', 'checkpoint_files', 'checkpoint_record', 'mark_complete',
-           'complete_checkpoints', 'checkpoint_damage', 'CompleteCheckpoints', 'SaveEvery', 'StopOnSignal', 'RunLock',
-           'prior_run', 'clear_run', 'config_changes', 'resume_point', 'claim_output_dir', 'SampleFailed', 'RunError',
-           'guarded_transform', 'SkipBad', 'save_now', 'disk_full', 'disk_full_message', 'TrainResult', 'loss_over',
-           'skipped_summary', 'progress_bars', 'train']
+           'drop_over_context', 'skipped_rows', 'warmup_steps', 'training_args', 'trainer_arguments', 'preflight',
+           'demo_config', 'next_token_mask', 'hidden_at', 'label_loss_sum', 'label_loss', 'fsdp_on_cpu', 'right_padded',
+           'VLMTrainer', 'history_rows', 'LossHistory', 'plot_history', 'checkpoint_files', 'checkpoint_record',
+           'mark_complete', 'complete_checkpoints', 'checkpoint_damage', 'CompleteCheckpoints', 'SaveEvery',
+           'StopOnSignal', 'RunLock', 'prior_run', 'clear_run', 'config_changes', 'resume_point', 'claim_output_dir',
+           'SampleFailed', 'RunError', 'guarded_transform', 'SkipBad', 'save_now', 'disk_full', 'disk_full_message',
+           'TrainResult', 'loss_over', 'skipped_summary', 'progress_bars', 'train']
 
 # %% ../nbs/04_train.ipynb #8fb63f43
 class _Strict(BaseModel):
@@ -63,10 +64,34 @@ class LoraFields(_Strict):
     target_modules: str | list[str] | None = None
     modules_to_save: list[str] | None = None
 
+class RewardSpec(_Strict):
+    "One reward of a GRPO/GSPO run (see the RL notebook)."
+    name: str             # exact_match, vqa_accuracy, vqa_exact_match, anls, cer, format, or a function: module:name or path/to/file.py:name
+    weight: float = 1.0   # rewards are summed with these weights
+
+class RLFields(_Strict):
+    "Reinforcement learning (GRPO, GSPO) and preference tuning (DPO) settings of a run with `method` grpo, gspo or dpo."
+    rewards: list[RewardSpec | str] = ["exact_match"]  # GRPO/GSPO: the rewards of each generated answer (a name is weight 1)
+    answer_tags: list[str] | None = None   # e.g. [<answer>, </answer>]: task rewards score the text inside them; `format` checks them
+    num_generations: int = 4               # GRPO/GSPO: answers sampled per prompt (a group); batch_size * accumulation must be a multiple
+    temperature: float = 1.0               # sampling temperature of those answers
+    top_p: float = 1.0
+    max_completion_length: int | None = None  # tokens per generated answer (default: max_new_tokens)
+    beta: float | None = None              # KL to the base model: GRPO/GSPO default 0.0 (TRL's: no reference pass), DPO 0.1
+    loss_type: str | None = None           # GRPO: dapo (TRL's default), grpo, dr_grpo, bnpo, ...; GSPO: grpo; DPO: sigmoid, ipo, hinge, ...
+    epsilon: float | None = None           # clipping of the importance ratio: GRPO 0.2; GSPO 3e-4 (the paper's, TRL's GSPO recipe)
+    epsilon_high: float | None = None      # upper clip (default: epsilon; GSPO 4e-4)
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # advantages divided by the reward std of the group, the batch, or not
+    num_iterations: int = 1                # optimisation passes over each batch of generations
+    log_generations: int = 64              # generations (with their rewards) kept in generations.jsonl, from the first and last steps
+
 # %% ../nbs/04_train.ipynb #c88d3d4a
 class TrainConfig(_Strict):
     "Everything a training run needs."
     base_model: str                         # Hub id, local folder, or tiny:ARCH (required: no silent default model)
+    method: Literal["sft", "grpo", "gspo", "dpo"] = "sft"  # supervised; reinforcement learning with rewards; preference pairs (the RL notebook)
+    rl: RLFields = RLFields()               # settings of grpo, gspo and dpo runs
+    init_adapter: str | None = None         # start from this LoRA adapter (an earlier run's output folder), e.g. an SFT run before GRPO or DPO
     datasets: list[DataSource]              # at least one source (required: no silent default data)
     eval_datasets: list[DataSource] = []    # held-out data; or carve it from the training data with val_set_size
     val_set_size: float = 0.0               # fraction (<1) or number of samples held out for evaluation
@@ -138,6 +163,33 @@ def _contradictions(c: TrainConfig) -> list[str]:
     if c.image_resize != "none" and c.image_size is None: out.append(f"image_resize={c.image_resize} needs image_size")
     if c.pack_length and not c.packing: out.append("pack_length needs packing: true")
     if c.quantization and c.precision == "fp16" and not torch.cuda.is_available(): out.append("precision=fp16 with quantization needs a GPU")
+    return out + _rl_contradictions(c)
+
+def _rl_contradictions(c: TrainConfig) -> list[str]:
+    "What cannot run in the `method` and `rl` settings (GRPO's group arithmetic is checked against the world size in the pre-flight)."
+    rl, out = c.rl, []
+    changed = {k for k, f in RLFields.model_fields.items() if getattr(rl, k) != f.default}  # (a dumped config sets every key)
+    if c.method == "sft":
+        if set_keys := sorted(changed): out.append(f"rl.{', rl.'.join(set_keys)}: these apply to method grpo, gspo or dpo, and method is sft")
+        return out
+    if c.packing: out.append(f"packing: method {c.method} trains through TRL's trainers, which vlmnb does not pack; set packing: false")
+    if c.train_on_inputs: out.append(f"train_on_inputs: method {c.method} learns from answers only; remove the key")
+    if c.init_adapter and c.lora != LoraFields():
+        out.append("lora and init_adapter: the run continues the adapter with its own LoRA settings; remove the lora block")
+    if rl.answer_tags is not None and (len(rl.answer_tags) != 2 or not all(t.strip() for t in rl.answer_tags)):
+        out.append(f"rl.answer_tags={rl.answer_tags}: give an opening and a closing tag, e.g. [<answer>, </answer>]")
+    if c.method == "dpo":
+        given = sorted(k for k in ("rewards", "num_generations", "temperature", "top_p", "epsilon", "epsilon_high", "scale_rewards",
+                                   "num_iterations", "answer_tags", "max_completion_length") if k in changed)
+        if given: out.append(f"rl.{', rl.'.join(given)}: GRPO settings; DPO learns from the pairs' chosen and rejected answers")
+        return out
+    if not rl.rewards: out.append("rl.rewards is empty: give at least one reward, e.g. [exact_match]")
+    if rl.num_generations < 2: out.append(f"rl.num_generations={rl.num_generations}: a group needs at least 2 answers to compare")
+    if rl.temperature <= 0: out.append(f"rl.temperature={rl.temperature}: answers must be sampled (temperature > 0), or every answer "
+                                       "of a group is the same and nothing is learned")
+    if c.eval_steps or c.evals_per_epoch:
+        out.append(f"eval_steps/evals_per_epoch: method {c.method} evaluates by generation before and after training (eval_samples), "
+                   "not during it; remove the key")
     return out
 
 @patch
@@ -162,7 +214,7 @@ def _check_keys(d: dict, model: type[BaseModel], where: str = "") -> list[str]:
     for k, v in d.items():
         if k not in model.model_fields: errs.append(f"unknown key {where + k!r}{_nearest(k, model.model_fields)}"); continue
         ann = model.model_fields[k].annotation
-        if ann is LoraFields and isinstance(v, dict): errs += _check_keys(v, LoraFields, f"{where}{k}.")
+        if ann in (LoraFields, RLFields) and isinstance(v, dict): errs += _check_keys(v, ann, f"{where}{k}.")
         if k in ("datasets", "eval_datasets") and isinstance(v, list):
             for i, item in enumerate(v):
                 if isinstance(item, dict): errs += _check_keys(item, DataSource, f"{where}{k}[{i}].")
@@ -190,9 +242,17 @@ AXOLOTL_NOOPS = {"skip_prepare_dataset", "remove_unused_columns", "processor_typ
                  "eval_sample_packing"}  # vlmnb packs evaluation batches exactly as it packs training ones
 # Refused when set; unset, empty or false they mean what vlmnb does anyway (`pad_to_sequence_len: false`, `lora_model_dir:`).
 AXOLOTL_UNSUPPORTED = {"pad_to_sequence_len", "deepspeed", "fsdp", "fsdp_config",
-                       "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "rl", "dpo_beta",
+                       "lora_fan_in_fan_out", "loraplus_lr_ratio", "unfrozen_parameters", "dpo_loss_weights", "dpo_label_smoothing",
+                       "dpo_use_weighting", "precompute_ref_log_probs", "orpo_alpha", "simpo_gamma", "cpo_alpha",
                        "relora_steps", "neftune_noise_alpha", "gptq", "load_best_model_at_end",
-                       "lora_model_dir", "peft_layers_to_transform", "torch_compile", "tokens", "added_tokens_overrides"}
+                       "peft_layers_to_transform", "torch_compile", "tokens", "added_tokens_overrides"}
+# Axolotl's `rl:` values vlmnb runs, and its `trl:` keys (GRPO's settings) with the `rl` field each sets
+AXOLOTL_RL = {"dpo": "dpo", "ipo": "dpo", "grpo": "grpo"}
+AXOLOTL_TRL = {"beta": "beta", "num_generations": "num_generations", "max_completion_length": "max_completion_length",
+               "temperature": "temperature", "top_p": "top_p", "loss_type": "loss_type", "epsilon": "epsilon",
+               "epsilon_high": "epsilon_high", "num_iterations": "num_iterations"}
+AXOLOTL_TRL_NOOPS = {"log_completions", "num_completions_to_print", "use_vllm", "vllm_mode", "vllm_server_host", "vllm_server_port",
+                     "vllm_server_timeout", "log_multimodal"}  # generations.jsonl is always written; vLLM only when it is on
 # Keys that change only speed or memory (Liger and cut-cross-entropy kernels, LoRA Triton kernels): accepted with a note.
 AXOLOTL_SPEED_ONLY = re.compile(r"liger_\w+|cut_cross_entropy|lora_(mlp|qkv|o)_kernel|use_kernels")
 # Axolotl's chat_template names and the template formats they are (`template_formats`; 'tokenizer_default': the checkpoint's).
@@ -221,6 +281,51 @@ def _plugins(v, notes: list[str]):
                                 "cut-cross-entropy plugins. Remove the others.")
     if v: notes.append(f"plugins {v}: speed and memory only; vlmnb trains without them (the same loss)")
 
+_RL_KEYS = {"rl", "rl_beta", "dpo_beta", "dpo_loss_type", "dpo_padding_free", "dpo_use_liger_kernel", "trl", "lora_model_dir"}
+
+def _axolotl_rl(raw: dict, out: dict, notes: list[str]) -> None:
+    "Axolotl's RL keys (`rl`, `rl_beta`/`dpo_beta`, `dpo_loss_type`, the `trl:` section, `lora_model_dir`) as `method` and `rl` settings."
+    rl, trl = raw.get("rl"), dict(raw.get("trl") or {})
+    if not _unset(raw.get("lora_model_dir")): out["init_adapter"] = str(raw["lora_model_dir"])
+    if _unset(rl):
+        if given := sorted(k for k in _RL_KEYS - {"rl", "lora_model_dir"} if not _unset(raw.get(k))):
+            raise ConfigError(f"{', '.join(given)}: RL settings without rl:. Add rl: grpo or rl: dpo, or remove them.")
+        return
+    if rl not in AXOLOTL_RL:
+        raise ConfigError(f"rl={rl!r}: vlmnb runs rl: grpo (GSPO with trl.importance_sampling_level: sequence) and rl: dpo "
+                          f"(ipo through dpo_loss_type); {rl} is not supported.")
+    method, settings = AXOLOTL_RL[rl], {}
+    if rl == "ipo": settings["loss_type"] = "ipo"; notes.append("rl: ipo is DPO with the IPO loss (Axolotl's dpo_loss_type: [ipo])")
+    if (level := trl.pop("importance_sampling_level", None)) is not None:
+        if method != "grpo" or level not in ("token", "sequence"):
+            raise ConfigError(f"trl.importance_sampling_level={level!r}: token or sequence, with rl: grpo.")
+        if level == "sequence": method = "gspo"
+    if (lt := raw.get("dpo_loss_type")) is not None:
+        lt = [lt] if isinstance(lt, str) else list(lt)
+        if len(lt) != 1: raise ConfigError(f"dpo_loss_type={lt}: vlmnb trains one DPO loss; give one of them.")
+        settings["loss_type"] = lt[0]
+    beta = trl.pop("beta", None)
+    beta = beta if beta is not None else raw.get("rl_beta", raw.get("dpo_beta"))
+    if beta is not None: settings["beta"] = beta
+    funcs, weights = trl.pop("reward_funcs", None), trl.pop("reward_weights", None)
+    if funcs:
+        if weights is not None and len(weights) != len(funcs):
+            raise ConfigError(f"trl.reward_weights has {len(weights)} weights for {len(funcs)} reward_funcs; give one weight each.")
+        settings["rewards"] = [{"name": f, "weight": w} for f, w in zip(funcs, weights or [1.0] * len(funcs))]
+    if (sr := trl.pop("scale_rewards", None)) is not None:
+        settings["scale_rewards"] = {True: "group", False: "none"}.get(sr, sr) if isinstance(sr, bool) else sr
+    if trl.get("use_vllm"): raise ConfigError("trl.use_vllm: vlmnb generates with the model being trained (transformers' generate); set it to false.")
+    for k, v in trl.items():
+        if k in AXOLOTL_TRL: settings[AXOLOTL_TRL[k]] = v
+        elif k in AXOLOTL_TRL_NOOPS:
+            if not _unset(v): notes.append(f"trl.{k}: accepted, no effect in vlmnb (generations and their rewards go to generations.jsonl)")
+        elif not _unset(v): raise ConfigError(f"trl.{k}: not a GRPO setting vlmnb supports. Remove it (supported: "
+                                              f"{', '.join(sorted({*AXOLOTL_TRL, 'importance_sampling_level', 'reward_funcs', 'reward_weights', 'scale_rewards'}))}).")
+    for k in ("dpo_padding_free", "dpo_use_liger_kernel"):
+        if not _unset(raw.get(k)): notes.append(f"{k}: speed or memory only; vlmnb trains without it (the same loss)")
+    out["method"] = method
+    if settings: out["rl"] = settings
+
 def _wandb(out: dict) -> None:
     if "project" not in out.get("wandb", {}): out.pop("wandb", None); return
     if importlib.util.find_spec("wandb") is None:
@@ -243,10 +348,11 @@ def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
         raise ConfigError("adapter: not set. Axolotl reads a config without `adapter` as full fine-tuning, which vlmnb does "
                           "not do (it trains LoRA and QLoRA adapters). Add `adapter: lora` or `adapter: qlora`.")
     out, notes = {}, []
+    _axolotl_rl(raw, out, notes)
     for k, v in raw.items():
-        if k in AXOLOTL_UNSUPPORTED or k == "chat_template_jinja": continue  # unset: the same as vlmnb
-        if k == "datasets": out["datasets"] = [_axolotl_dataset(d, i, notes) for i, d in enumerate(v)]
-        elif k == "test_datasets": out["eval_datasets"] = [_axolotl_dataset(d, i, notes) for i, d in enumerate(v)]
+        if k in AXOLOTL_UNSUPPORTED or k == "chat_template_jinja" or k in _RL_KEYS: continue  # unset: the same as vlmnb
+        if k == "datasets": out["datasets"] = [_axolotl_dataset(d, i, notes, raw.get("rl")) for i, d in enumerate(v)]
+        elif k == "test_datasets": out["eval_datasets"] = [_axolotl_dataset(d, i, notes, raw.get("rl")) for i, d in enumerate(v)]
         elif k in ("flash_attention", "sdp_attention", "eager_attention"):
             if v: out["attn_implementation"] = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa"}.get(k, "eager")
         elif k.startswith("wandb_"):
@@ -289,15 +395,30 @@ def from_axolotl(raw: dict) -> tuple[dict, list[str]]:
 
 _DATASET_NOOPS = {"type", "ds_type", "roles_to_train"}
 
-def _axolotl_dataset(d: dict, i: int, notes: list[str]) -> dict:
+_PREFERENCE_TYPES = ("chatml.intel", "chat_template.default")  # Axolotl's DPO layouts that vlmnb's preference reader reads as they are
+
+def _axolotl_dataset(d: dict, i: int, notes: list[str], rl=None) -> dict:
     "An Axolotl `datasets` entry as a vlmnb `DataSource` dict."
-    if d.get("type") not in (None, "chat_template"):
-        raise ConfigError(f"datasets[{i}].type={d['type']!r}: vlmnb reads chat and vision layouts by itself (type: chat_template); "
-                          "text-only prompt formats are not supported.")
+    t, dpo = d.get("type"), rl in ("dpo", "ipo")
+    if t not in (None, "chat_template") and not (dpo and t in _PREFERENCE_TYPES):
+        raise ConfigError(f"datasets[{i}].type={t!r}: vlmnb reads chat and vision layouts by itself (type: chat_template"
+                          + (f"; for DPO also {' or '.join(_PREFERENCE_TYPES)}" if dpo else "") + "); "
+                          + ("GRPO data is a prompt and its answer in any layout vlmnb reads (the answer is the reference the "
+                             "rewards score against), not a transform function" if rl == "grpo" else "text-only prompt formats are not supported") + ".")
+    from vlmnb.data import ROLE_ALIASES
+    odd = [f"{alias}->{role}" for role, aliases in (d.get("roles") or {}).items() for alias in aliases
+           if ROLE_ALIASES.get(alias, alias) != role]
+    if odd or d.get("message_property_mappings") not in (None, {"role": "role", "content": "content"}):
+        raise ConfigError(f"datasets[{i}]: roles {odd or ''} / message_property_mappings {d.get('message_property_mappings') or ''}: vlmnb "
+                          "reads the keys role and content and the usual role names (human, gpt, model, ...) itself; map other "
+                          "columns with column_map and remove these keys.")
     _train_on_eos(d.get("train_on_eos"), f"datasets[{i}].train_on_eos", notes)
-    out = {k: v for k, v in d.items() if k not in _DATASET_NOOPS and k not in ("data_files", "field_messages", "train_on_eos")}
+    fields = ("data_files", "field_messages", "field_chosen", "field_rejected", "train_on_eos", "roles", "message_property_mappings")
+    out = {k: v for k, v in d.items() if k not in _DATASET_NOOPS and k not in fields}
     if "data_files" in d: out["path"] = d["data_files"] if isinstance(d["data_files"], str) else d["data_files"][0]
-    if d.get("field_messages") not in (None, "messages"): out["column_map"] = {**out.get("column_map", {}), d["field_messages"]: "messages"}
+    renames = {d[f]: to for f, to in (("field_messages", "messages"), ("field_chosen", "chosen"), ("field_rejected", "rejected"))
+               if d.get(f) not in (None, to)}
+    if renames: out["column_map"] = {**out.get("column_map", {}), **renames}
     return out
 
 # %% ../nbs/04_train.ipynb #7d9c3ad3
@@ -305,7 +426,8 @@ assert not (set(TrainConfig.model_fields) & (AXOLOTL_NOOPS | AXOLOTL_UNSUPPORTED
 
 def _looks_axolotl(d: dict) -> bool:
     return any(k in AXOLOTL_KEYS and k not in TrainConfig.model_fields or k in AXOLOTL_NOOPS or k in AXOLOTL_UNSUPPORTED
-               or k in ("adapter", "load_in_4bit", "load_in_8bit", "bf16", "fp16", "lora_target_linear") for k in d)
+               or k in ("adapter", "load_in_4bit", "load_in_8bit", "bf16", "fp16", "lora_target_linear", "trl", "rl_beta", "dpo_beta")
+               for k in d)
 
 def _override(d: dict, assignment: str):
     if "=" not in assignment: raise ConfigError(f"--set {assignment!r}: write key=value, e.g. lora.r=8")
@@ -327,6 +449,10 @@ def make_config(source: TrainConfig | dict | str | Path | None = None, overrides
         if not isinstance(d, dict): raise ConfigError(f"{p}: a config is a mapping of keys to values, not a {type(d).__name__}.")
     else: d = dict(source or {})
     if _looks_axolotl(d): d, notes = from_axolotl(d)
+    elif isinstance(d.get("rl"), str):  # `rl: grpo` in a vlmnb config: the method, as Axolotl writes it
+        if d["rl"] not in ("grpo", "gspo", "dpo"): raise ConfigError(f"rl={d['rl']!r}: use grpo, gspo or dpo (or method: with rl: settings).")
+        if d.get("method", d["rl"]) != d["rl"]: raise ConfigError(f"rl={d['rl']!r} and method={d['method']!r}: give one of them.")
+        d = {**{k: v for k, v in d.items() if k != "rl"}, "method": d["rl"]}
     for o in overrides: _override(d, o)
     if errs := _check_keys(d, TrainConfig): raise ConfigError("config errors:\n  " + "\n  ".join(errs))
     try: config = TrainConfig(**d)
@@ -344,9 +470,9 @@ def image_policy(c: TrainConfig) -> ImagePolicy:
     size = tuple(c.image_size) if isinstance(c.image_size, list) else c.image_size
     return ImagePolicy(c.image_resize, size, c.min_pixels, c.max_pixels, c.image_resample, block_private_urls=c.block_private_urls)
 
-def load_source(src: DataSource, policy: ImagePolicy, on_error: str) -> tuple[hfd.Dataset, DataReport]:
-    "One data source of a config as a canonical dataset, and its validation report."
-    try: return load_data(**src.model_dump(), policy=policy, on_error=on_error, cache=True)  # prepared once, reused while unchanged
+def load_source(src: DataSource, policy: ImagePolicy, on_error: str, layout: str = "sft") -> tuple[hfd.Dataset, DataReport]:
+    "One data source of a config as a canonical dataset, and its validation report (`layout='preference'`: DPO's pairs)."
+    try: return load_data(**src.model_dump(), policy=policy, on_error=on_error, cache=True, layout=layout)  # prepared once, reused while unchanged
     except DataError as e:  # the hint names the config key and the CLI override, not the function's argument
         raise DataError(e.report, e.source, "set on_bad_data: skip in the config (vlmnb train/validate: --set on_bad_data=skip)") from None
     except ValueError as e:
@@ -362,12 +488,12 @@ def _concat(parts: list[hfd.Dataset], policy, names: list[str]) -> hfd.Dataset:
 
 def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[DataReport]]:
     "Training and evaluation datasets of a config, and the validation reports of its sources."
-    policy = image_policy(c)
-    loaded = [load_source(s, policy, c.on_bad_data) for s in c.datasets]
+    policy, layout = image_policy(c), "preference" if c.method == "dpo" else "sft"
+    loaded = [load_source(s, policy, c.on_bad_data, layout) for s in c.datasets]
     train_ds, reports = _concat([d for d, _ in loaded], policy, [s.path for s in c.datasets]), [r for _, r in loaded]
     eval_ds = None
     if c.eval_datasets:
-        ev = [load_source(s, policy, c.on_bad_data) for s in c.eval_datasets]
+        ev = [load_source(s, policy, c.on_bad_data, layout) for s in c.eval_datasets]
         eval_ds = _concat([d for d, _ in ev], policy, [s.path for s in c.eval_datasets]); reports += [r for _, r in ev]
     elif c.val_set_size:
         n = int(c.val_set_size) if c.val_set_size >= 1 else max(1, round(c.val_set_size * len(train_ds)))
@@ -379,7 +505,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 from .load import ARCHS, arch_of, component_of, load_model, load_processor, tiny_model, model_summary
 from .collate import (VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow,
                           packing_efficiency)
-from .lora import (LoraSpec, apply_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
+from .lora import (LoraSpec, apply_lora, load_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from . import compat
@@ -387,6 +513,8 @@ from . import compat
 def base_model_path(c: TrainConfig) -> str:
     "Where the base model is: the config's, or a tiny one built into the output folder (by the main process)."
     if not c.base_model.startswith("tiny:"): return c.base_model
+    if c.init_adapter and (Path(c.init_adapter)/"base_model"/"model.safetensors").exists():
+        return str(Path(c.init_adapter)/"base_model")  # the tiny base the adapter was trained on (init_adapter_note checks it is the same kind)
     from accelerate import PartialState
     folder = Path(c.output_dir)/"base_model"
     with PartialState(cpu=not torch.cuda.is_available()).main_process_first():  # the same state the Trainer sets up
@@ -400,6 +528,29 @@ def is_main_process() -> bool:
 def lora_spec(c: TrainConfig) -> LoraSpec:
     "The `LoraSpec` of a config."
     return LoraSpec(**c.lora.model_dump())
+
+def init_adapter_note(c: TrainConfig) -> str:
+    "Check that `init_adapter` holds an adapter trained on this run's base model; the pre-flight's note about it."
+    if not c.init_adapter: return ""
+    p = Path(c.init_adapter)
+    if not (p/"adapter_config.json").exists():
+        raise ConfigError(f"init_adapter: {p} holds no LoRA adapter (adapter_config.json). Point it at an earlier run's output_dir.")
+    if (p/"vlmnb_config.yaml").exists() and (then := yaml.safe_load((p/"vlmnb_config.yaml").read_text())["base_model"]) != c.base_model:
+        raise ConfigError(f"init_adapter: {p} was trained on base_model {then}, and this run's base_model is {c.base_model}. An "
+                          "adapter only fits the model it was trained on: set base_model to that one.")
+    return f"LoRA: continues the adapter in {p}, with its own LoRA settings" + (f" and its tiny base model {p/'base_model'}"
+                                                                                if c.base_model.startswith("tiny:") else "")
+
+def start_adapter(c: TrainConfig, model, gradient_checkpointing: bool):
+    "The adapter a run trains: the LoRA layers of the config's spec, or `init_adapter`'s, loaded to train on."
+    if not c.init_adapter: return apply_lora(model, lora_spec(c), gradient_checkpointing=gradient_checkpointing,
+                                             gradient_checkpointing_kwargs=c.gradient_checkpointing_kwargs)
+    ckpt = {"use_reentrant": False, **(c.gradient_checkpointing_kwargs or {})}
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=ckpt)
+    elif gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt); model.enable_input_require_grads()
+    return load_lora(model, c.init_adapter, is_trainable=True)
 
 # %% ../nbs/04_train.ipynb #3c26fbae
 def cpu_bf16() -> bool:
@@ -690,8 +841,13 @@ def warmup_steps(c: TrainConfig, total_steps: int | None) -> int | float:
 def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_steps: int | None = None,
                   save_steps: int | None = None, total_steps: int | None = None) -> TrainingArguments:
     "The Trainer's arguments for a config, its resolved settings and step intervals (a bad value is a `ConfigError`)."
+    return trainer_arguments(TrainingArguments, c, has_eval, settings, eval_steps, save_steps, total_steps)
+
+def trainer_arguments(cls, c: TrainConfig, has_eval: bool, settings: RunSettings, eval_steps: int | None = None,
+                      save_steps: int | None = None, total_steps: int | None = None, **more):
+    "`training_args` as `cls` (TrainingArguments, or TRL's GRPOConfig and DPOConfig with `more` of their settings)."
     eval_steps, save_steps = eval_steps or c.eval_steps, save_steps or c.save_steps
-    try: return TrainingArguments(
+    try: return cls(
         output_dir=c.output_dir, per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, num_train_epochs=c.epochs, max_steps=c.max_steps,
         learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler, warmup_steps=warmup_steps(c, total_steps),
@@ -702,7 +858,7 @@ def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_st
         train_sampling_strategy="group_by_length" if grouped(c) else "random", length_column_name="length",
         dataloader_num_workers=c.num_workers, use_cpu=not torch.cuda.is_available(), label_names=["labels"],
         disable_tqdm=not c.progress_bar, ddp_find_unused_parameters=c.ddp_find_unused_parameters,
-        bf16=settings.precision == "bf16", fp16=settings.precision == "fp16")
+        bf16=settings.precision == "bf16", fp16=settings.precision == "fp16", **more)
     except ValueError as e:
         from transformers.training_args import OptimizerNames, SchedulerType
         for key, value, valid in (("optimizer", c.optimizer, [o.value for o in OptimizerNames]),
@@ -716,6 +872,9 @@ def training_args(c: TrainConfig, has_eval: bool, settings: RunSettings, eval_st
 # %% ../nbs/04_train.ipynb #038710c8
 def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Preflight:
     "Check data, token budget, context, LoRA targets, output folder and the Trainer's settings of a config before training."
+    if c.method != "sft":  # GRPO, GSPO and DPO: this pre-flight and their own checks (the RL notebook)
+        from vlmnb.rl import rl_preflight
+        return rl_preflight(c, processor, model, data)
     t0 = time.time()
     train_ds, eval_ds, reports = data or run_data(c)  # the data first: a missing file fails before any model is built
     path = base_model_path(c)
@@ -723,7 +882,7 @@ def preflight(c: TrainConfig, processor=None, model=None, data=None) -> Prefligh
     if processor is None: processor = load_processor(path, trust_remote_code=c.trust_remote_code)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=c.trust_remote_code)
     arch, context = arch_of(config), context_length(config)
-    notes = [n for n in (why, chat_template_note(c.chat_template, arch, config, processor),
+    notes = [n for n in (why, init_adapter_note(c), chat_template_note(c.chat_template, arch, config, processor),
                          special_tokens_note(c.special_tokens, processor.tokenizer)) if n]
     notes += [f"data: {n}" for r in reports for n in r.notes] + [n for n in [context_note(c, context)] if n]
     notes += [f"data: {r.image_check}" for r in reports if r.image_check and r.n_samples >= PROGRESS_FROM]  # how long, for large sets
@@ -1266,6 +1425,9 @@ def _trainer(c: TrainConfig, pf: Preflight, peft_model, processor, record: dict,
 
 # %% ../nbs/04_train.ipynb #ac45a413
 def _train(c: TrainConfig, resume: str | None, record: dict, notes: list[str], callbacks: list) -> TrainResult:
+    if c.method != "sft":
+        from vlmnb.rl import train_rl
+        return train_rl(c, resume, record, notes, callbacks)
     from vlmnb.eval import accuracy
     out = Path(c.output_dir)
     data = run_data(c)  # before the model loads: a missing file or a bad sample fails in seconds
@@ -1278,8 +1440,7 @@ def _train(c: TrainConfig, resume: str | None, record: dict, notes: list[str], c
     samples = _eval_samples(c, pf.eval)
     before = accuracy(model, processor, samples, c.max_new_tokens) if samples else None
     transformers.set_seed(c.seed)
-    peft_model = apply_lora(model, lora_spec(c), gradient_checkpointing=pf.settings.gradient_checkpointing,
-                            gradient_checkpointing_kwargs=c.gradient_checkpointing_kwargs)
+    peft_model = start_adapter(c, model, pf.settings.gradient_checkpointing)
     if resume: load_extra(peft_model, resume, is_trainable=True)  # what PEFT's checkpoint leaves out: Mllama's gates
     os.environ.update({f"WANDB_{k.upper()}": v for k, v in c.wandb.items()})
     trainer, history, stop, ckpt, gen_eval = _trainer(c, pf, peft_model, processor, record, resume, samples, callbacks)
