@@ -375,10 +375,10 @@ def _rl_trainer(c: TrainConfig, pf: RLPreflight, peft_model, processor, record: 
     cbs = [history, ckpt, T.SaveEvery(c.save_minutes), stop, *callbacks]
     flat = c.model_copy(update={"group_by_length": False})  # GRPO samples its own groups; DPO's pairs need no length grouping
     more = {**pf.trl, "gradient_checkpointing": False}  # vlmnb has set checkpointing up on the model (the run's settings)
-    args = T.trainer_arguments(DPOConfig if c.method == "dpo" else GRPOConfig, flat, False, pf.settings, None, pf.save_steps,
-                               pf.total_steps, **more)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with warnings.catch_warnings():  # TRL's configs still take gradient_checkpointing, which transformers 5.23 renames
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        args = T.trainer_arguments(DPOConfig if c.method == "dpo" else GRPOConfig, flat, False, pf.settings, None, pf.save_steps,
+                                   pf.total_steps, **more)
         if c.method == "dpo":
             log, trainer = None, DPOTrainer(model=peft_model, ref_model=None, args=args, train_dataset=pf.rows,
                                             processing_class=processor, callbacks=cbs)
