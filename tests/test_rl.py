@@ -17,7 +17,7 @@ from vlmnb.data import load_data, prepare
 from vlmnb.load import tiny_model
 from vlmnb.train import ConfigError, complete_checkpoints, make_config, preflight, train
 
-from test_run_contract import launch, write_data
+from test_run_contract import launch, sigterm_at, write_data
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +134,7 @@ def test_a_killed_grpo_run_resumes_to_the_uninterrupted_adapter(bases, tmp_path)
 def test_sigterm_stops_a_dpo_run_with_a_checkpoint_and_exit_143(bases, tmp_path):
     cfg = rl_config(bases["smolvlm"], tmp_path / "run", "dpo", max_steps=60, save_steps=None)
     proc = launch(tmp_path, cfg)
-    t0 = time.time()
-    while not ((tmp_path / "step").exists() and int((tmp_path / "step").read_text() or 0) >= 3):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < 240; time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out = sigterm_at(proc, tmp_path)
     assert proc.returncode == 143 and "interrupted" in out, out[-3000:]
     done = complete_checkpoints(tmp_path / "run")
     assert len(done) == 1 and 3 <= int(done[0].name.split("-")[1]) < 60

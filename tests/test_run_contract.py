@@ -245,14 +245,19 @@ def test_checkpoints_by_time_and_a_resume_that_finds_nothing(tmp_path, base, cap
     assert make_config({"base_model": "x", "datasets": [{"path": "y"}]}).save_minutes == 30  # the default
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, base):
-    proc = launch(tmp_path, config(base, tmp_path, max_steps=50, save_steps=None))
+def sigterm_at(proc: subprocess.Popen, folder: Path, step: int = 3) -> str:
+    "Send SIGTERM to a launched run once it has reached `step`; its output once it has exited."
     t0 = time.time()
-    while not ((tmp_path / "step").exists() and int((tmp_path / "step").read_text() or 0) >= 3):
+    while not ((folder / "step").exists() and int((folder / "step").read_text() or 0) >= step):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() - t0 < 240; time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    return proc.communicate(timeout=120)[0]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, base):
+    proc = launch(tmp_path, config(base, tmp_path, max_steps=50, save_steps=None))
+    out = sigterm_at(proc, tmp_path)
     assert proc.returncode == 143, out[-3000:]
     done = complete_checkpoints(tmp_path / "run")
     assert len(done) == 1 and 3 <= int(done[0].name.split("-")[1]) < 50 and "interrupted" in out
