@@ -20,7 +20,9 @@ from .load import ARCHS, arch_of, load_model
 from .collate import _template_kwargs
 from .eval import METRICS, cer, end_of_turn_ids, generate_answers, prompt_of, reference_of, exact_match
 from . import train as T
-from .train import ConfigError, Preflight, RewardSpec, TrainConfig, TrainResult
+from .train import ConfigError, Preflight, RewardSpec, RunSettings, TrainConfig, TrainResult
+from .data import DataReport  # the names in Preflight's annotations, for its docs
+from .collate import BudgetFit, BudgetReport
 
 # %% auto #0
 __all__ = ['TASK_REWARDS', 'RL_HISTORY', 'GENERATIONS_FILE', 'completion_text', 'answer_in', 'format_ok', 'task_reward',
