@@ -22,8 +22,8 @@ from .load import ARCHS, Arch, arch_of, component_of, keep_cpu_4bit_trainable
 
 # %% auto #0
 __all__ = ['EXTRA_FILE', 'LoraSpec', 'LinearSite', 'linear_sites', 'LoraTargetError', 'lora_targets', 'full_module_name',
-           'lora_config', 'extra_trainable', 'apply_lora', 'save_extra', 'load_extra', 'save_lora', 'load_lora',
-           'LoraReport', 'lora_report', 'snapshot']
+           'lora_config', 'extra_trainable', 'prepare_for_adapter', 'apply_lora', 'save_extra', 'load_extra',
+           'save_lora', 'load_lora', 'LoraReport', 'lora_report', 'snapshot']
 
 # %% ../nbs/03_lora.ipynb #e405523e
 @dataclass
@@ -177,19 +177,24 @@ def extra_trainable(model, spec: LoraSpec) -> list[str]:
     return [n for n, _ in model.named_parameters() if _GATE.search(n)]
 
 # %% ../nbs/03_lora.ipynb #ad3ce37c
+def prepare_for_adapter(model, gradient_checkpointing: bool = False, gradient_checkpointing_kwargs: dict | None = None):
+    "`model` ready to take trainable adapters: QLoRA preparation for 4/8-bit models, activation checkpointing when asked."
+    ckpt_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        keep_cpu_4bit_trainable(model)  # load_model does it too; models quantized elsewhere may not have
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs=ckpt_kwargs)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.enable_input_require_grads()
+    return model
+
 def apply_lora(model, spec: LoraSpec | None = None, gradient_checkpointing: bool = False,
                gradient_checkpointing_kwargs: dict | None = None) -> PeftModel:
     "Wrap `model` with the adapters of `spec` (QLoRA preparation for 4/8-bit models)."
     spec = spec or LoraSpec()
-    ckpt_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
     config = lora_config(model, spec)
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        keep_cpu_4bit_trainable(model)  # load_model does it too; models quantized elsewhere may not have
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-        model.enable_input_require_grads()
+    model = prepare_for_adapter(model, gradient_checkpointing, gradient_checkpointing_kwargs)
     with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         with peft_exact_target_names(): peft_model = get_peft_model(model, config)

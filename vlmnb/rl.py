@@ -6,17 +6,17 @@ Docs: https://vlmnb.github.io/vlmnb/rl.html.md"""
 
 # %% ../nbs/05c_rl.ipynb #bc5545c0
 from __future__ import annotations
-import base64, importlib, importlib.util, inspect, io, json, math, os, re, sys, time, warnings
+import base64, importlib, importlib.util, inspect, json, math, os, re, sys, time, warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch, transformers
+import transformers
 import datasets as hfd
 
 from .data import ImagePolicy, decode_transform, png_bytes, _strip_none
-from .load import ARCHS, arch_of, load_model
+from .load import arch_of, load_model
 from .collate import _template_kwargs
 from .eval import METRICS, cer, end_of_turn_ids, generate_answers, prompt_of, reference_of, exact_match
 from . import train as T
@@ -398,10 +398,10 @@ def _write_rl_outputs(c: TrainConfig, out: Path, history: list[dict], log: Gener
     import matplotlib.pyplot as plt
     fig = plot_rl(history, c.method); fig.savefig(out/"rewards.png", dpi=120); plt.close(fig)
     if log is None: return
-    path, rows = out/GENERATIONS_FILE, log.rows()
+    path, rows, keep = out/GENERATIONS_FILE, log.rows(), c.rl.log_generations
     if before_steps and path.exists():  # a resumed run: the first steps' answers were logged before the stop
-        earlier = [r for l in path.read_text().splitlines() if l.strip() and (r := json.loads(l))["step"] < before_steps]
-        rows = (earlier + rows)[:c.rl.log_generations // 2] + (earlier + rows)[c.rl.log_generations // 2:][-(c.rl.log_generations - c.rl.log_generations // 2):]
+        rows = [r for r in generations(out) if r["step"] < before_steps] + rows
+        rows = rows[:keep // 2] + rows[keep // 2:][-(keep - keep // 2):]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 # %% ../nbs/05c_rl.ipynb #93b2bff9

@@ -405,7 +405,6 @@ def _axolotl_dataset(d: dict, i: int, notes: list[str], rl=None) -> dict:
                           + (f"; for DPO also {' or '.join(_PREFERENCE_TYPES)}" if dpo else "") + "); "
                           + ("GRPO data is a prompt and its answer in any layout vlmnb reads (the answer is the reference the "
                              "rewards score against), not a transform function" if rl == "grpo" else "text-only prompt formats are not supported") + ".")
-    from vlmnb.data import ROLE_ALIASES
     odd = [f"{alias}->{role}" for role, aliases in (d.get("roles") or {}).items() for alias in aliases
            if ROLE_ALIASES.get(alias, alias) != role]
     if odd or d.get("message_property_mappings") not in (None, {"role": "role", "content": "content"}):
@@ -462,7 +461,8 @@ def make_config(source: TrainConfig | dict | str | Path | None = None, overrides
     return config
 
 # %% ../nbs/04_train.ipynb #63c28047
-from .data import ImagePolicy, DataError, DataReport, ImageProblem, Problem, SampleError, load_data, decode_transform, PROGRESS_FROM
+from .data import (ImagePolicy, DataError, DataReport, ImageProblem, Problem, SampleError, load_data, decode_transform, PROGRESS_FROM,
+                        ROLE_ALIASES)
 import datasets as hfd
 
 def image_policy(c: TrainConfig) -> ImagePolicy:
@@ -505,7 +505,7 @@ def run_data(c: TrainConfig) -> tuple[hfd.Dataset, hfd.Dataset | None, list[Data
 from .load import ARCHS, arch_of, component_of, load_model, load_processor, tiny_model, model_summary
 from .collate import (VLMCollator, token_budget, fit_to_budget, prompt_gap, BudgetReport, BudgetFit, BudgetRow,
                           packing_efficiency)
-from .lora import (LoraSpec, apply_lora, load_lora, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
+from .lora import (LoraSpec, apply_lora, load_lora, prepare_for_adapter, lora_targets, lora_report, save_lora, load_extra, save_extra, extra_trainable,
                    full_module_name, EXTRA_FILE)  # (sets bitsandbytes' logger before peft loads it)
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from . import compat
@@ -545,12 +545,7 @@ def start_adapter(c: TrainConfig, model, gradient_checkpointing: bool):
     "The adapter a run trains: the LoRA layers of the config's spec, or `init_adapter`'s, loaded to train on."
     if not c.init_adapter: return apply_lora(model, lora_spec(c), gradient_checkpointing=gradient_checkpointing,
                                              gradient_checkpointing_kwargs=c.gradient_checkpointing_kwargs)
-    ckpt = {"use_reentrant": False, **(c.gradient_checkpointing_kwargs or {})}
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=ckpt)
-    elif gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt); model.enable_input_require_grads()
-    return load_lora(model, c.init_adapter, is_trainable=True)
+    return load_lora(prepare_for_adapter(model, gradient_checkpointing, c.gradient_checkpointing_kwargs), c.init_adapter, is_trainable=True)
 
 # %% ../nbs/04_train.ipynb #3c26fbae
 def cpu_bf16() -> bool:
