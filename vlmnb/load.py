@@ -679,12 +679,14 @@ def tiny_model(
     model_type: str,                  # a `model_type` of the zoo (`TINY_ARCHS`)
     out_dir: str | Path | None = None,  # if given, `save_pretrained` model and processor there
     seed: int = 0,                    # seed of the random initialisation
+    changes: dict | None = None,      # config values to change, merged into the sub-configs (as `preset_model` takes them)
 ):
     "A tiny randomly-initialised model of `model_type` and its processor (saved to `out_dir` if given)."
     _check_arch(model_type)
     if model_type not in _BUILDERS: raise ValueError(f"{model_type} has no tiny model (zoo: {', '.join(TINY_ARCHS)}).")
     tok = tiny_tokenizer(model_type)
     config, processor = _BUILDERS[model_type](tok, model_type)
+    if changes: config = _merge(config, changes)  # e.g. a deeper vision tower for llama.cpp's converter (see the GGUF notebook)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     if out_dir is not None:
