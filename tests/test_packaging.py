@@ -17,7 +17,7 @@ def pins() -> dict[str, Version]:
 
 def test_lower_bounds_are_the_tested_series():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in meta["dependencies"] + meta["optional-dependencies"]["quant"]]
+    reqs = [Requirement(r) for r in meta["dependencies"] + meta["optional-dependencies"]["quant"] + meta["optional-dependencies"]["gguf"]]
     tested, checked = pins(), 0
     for r in reqs:
         lows = [Version(s.version) for s in r.specifier if s.operator == ">="]

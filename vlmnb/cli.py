@@ -106,6 +106,12 @@ def _add_train(sub) -> None:
 
 # %% ../nbs/07_cli.ipynb #630e1407
 def _export(args) -> int:
+    if args.gguf:
+        from vlmnb.gguf import export_gguf
+        check = export_gguf(args.output_dir, args.out, args.quant or "q8_0", n_samples=args.samples, allow_mismatch=args.allow_mismatch)
+        print(check); print(f"wrote {', '.join(sorted(p.name for p in Path(args.out).iterdir()))} to {args.out}")
+        return 0 if check.ok else 1
+    if args.quant: raise ValueError("--quant is for --gguf exports; a merged transformers model's weights take --dtype.")
     from vlmnb.export import export
     report = export(args.output_dir, args.out, merge_adapter=args.merge, dtype=args.dtype, n_samples=args.samples,
                     allow_mismatch=args.allow_mismatch)
@@ -120,6 +126,9 @@ def _add_export(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype of the merged weights")
     p.add_argument("--samples", type=int, default=8, help="samples for the parity and reload checks")
     p.add_argument("--allow-mismatch", action="store_true", help="save even when the merged model answers differently")
+    p.add_argument("--gguf", action="store_true", help="merge, convert with llama.cpp's converter to a GGUF and its mmproj, and check them in llama.cpp")
+    p.add_argument("--quant", choices=["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"],
+                   help="GGUF type of the language model (with --gguf; default q8_0)")
     p.set_defaults(func=_export)
 
 # %% ../nbs/07_cli.ipynb #26f2e695
@@ -129,6 +138,15 @@ def _eval(args) -> int:
     from vlmnb.export import RunFolder
     from vlmnb.load import load_model
     from vlmnb.lora import load_lora
+    if args.precisions:
+        from vlmnb.precision import compare_precisions, plot_precisions
+        if args.base: raise ValueError("--precisions evaluates the run's adapter at each precision; it does not take --base.")
+        data = {"path": args.data, "split": args.split, "seed": args.seed} if args.data else None
+        report = compare_precisions(args.output_dir, args.precisions, args.samples, data, args.metrics.split(","), args.max_new_tokens)
+        if args.json: print(json.dumps(report.to_dict(), indent=2))
+        else: print(report._repr_markdown_())
+        if args.plot: plot_precisions(report).savefig(args.plot, dpi=120); print(f"plot: {args.plot}")
+        return 0
     run = RunFolder.read(args.output_dir)
     if args.data: ds, _ = load_data(args.data, split=args.split, n=args.samples, seed=args.seed, on_error="skip")
     else: samples = run.samples(args.samples); ds = None
@@ -149,6 +167,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--metrics", default="exact_match", help="comma-separated: exact_match, vqa_accuracy, anls, cer, wer")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--base", action="store_true", help="score the base model, without the adapter")
+    p.add_argument("--precisions", help="compare loading precisions of the base, e.g. 4bit,8bit,bf16,fp32 (each in its own process)")
+    p.add_argument("--plot", help="with --precisions: save the comparison's figure to this PNG file")
     p.add_argument("--json", action="store_true", help="print every sample's prediction and scores as JSON")
     p.set_defaults(func=_eval)
 

@@ -1,0 +1,105 @@
+"""GGUF through llama.cpp's own converter and runtime: every family that llama.cpp takes round-trips (converted, then
+run in llama-server against transformers on the same images); a vision part that the converter silently drops is
+caught; unsupported families, unknown types and bad samples are refused with the reason; the CLI exports and proves a
+trained run."""
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from vlmnb.cli import main
+from vlmnb.data import colour_shapes
+from vlmnb.eval import generate_answers
+from vlmnb.export import ExportError
+import vlmnb.gguf as G
+from vlmnb.load import TINY_ARCHS, load_model, tiny_model
+from vlmnb.train import train
+
+
+@pytest.fixture(scope="module")
+def lc():
+    return G.llama_cpp()  # built once per environment (minutes), then reused
+
+
+@pytest.fixture(scope="module")
+def samples():
+    ds = colour_shapes(3, seed=5)
+    return [ds[i] for i in range(3)]
+
+
+def test_every_zoo_family_has_a_verdict():
+    assert set(G.GGUF_FAMILIES) == set(TINY_ARCHS), set(TINY_ARCHS) ^ set(G.GGUF_FAMILIES)
+    assert sum(r is None for r in G.GGUF_FAMILIES.values()) >= 7
+
+
+@pytest.mark.parametrize("model_type", [t for t, r in G.GGUF_FAMILIES.items() if r is None])
+def test_family_round_trip(model_type, lc, samples, tmp_path):
+    folder = tmp_path / model_type
+    tiny_model(model_type, folder, changes=G.GGUF_TINY.get(model_type))
+    text, mmproj = G.convert_to_gguf(folder, tmp_path / "gguf", "f32", lc)
+    info = G.gguf_info(mmproj, lc)
+    assert info["architecture"] == "clip" and sum(t.startswith("v.") for t in info["tensors"]) > 5, info
+    model, processor = load_model(folder)
+    ours = generate_answers(model, processor, samples, 6)
+    theirs = G.llama_cpp_answers(text, mmproj, samples, 6, lc)
+    # A random model's answers are strings of arbitrary tokens, and they may stop at different places: vlmnb's one tiny
+    # tokenizer holds every family's special tokens, some of which llama.cpp's vocabulary loader marks end-of-generation
+    # by their text (a real checkpoint has only its own), and llama-server holds back an unfinished UTF-8 character at
+    # the cut. Every token both produced must be the same.
+    same = lambda a, b: (a := a.rstrip("\ufffd")) == (b := b.rstrip("\ufffd")) or (min(len(a), len(b)) >= 4 and (a.startswith(b) or b.startswith(a)))
+    assert all(same(o, t) for o, t in zip(ours, theirs)), list(zip(ours, theirs))
+    assert len(set(ours)) > 1  # the answers depend on the image
+
+
+def test_a_dropped_vision_part_is_caught(lc, tmp_path, monkeypatch):
+    "Weights under names the converter does not read (Qwen2-VL's vision tower as `model.visual.*`) give an mmproj without vision."
+    folder = tmp_path / "renamed"
+    tiny_model("qwen2_vl", folder, changes=G.GGUF_TINY["qwen2_vl"])
+    w = load_file(folder / "model.safetensors")
+    save_file({("model." + k if k.startswith("visual.") else k): v for k, v in w.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    _, empty = G.convert_to_gguf(folder, tmp_path / "gguf", "f16", lc)  # the converter writes it without a word
+    info = G.gguf_info(empty, lc)
+    assert info["architecture"] == "clip" and not any(t.startswith("v.") for t in info["tensors"]), info["tensors"]
+    # export_gguf refuses such a file before running it, whatever allow_mismatch says, and writes nothing
+    tiny_model("qwen2_vl", tmp_path / "base", changes=G.GGUF_TINY["qwen2_vl"])
+    run = short_run(tmp_path, tmp_path / "base")
+    real = G.convert_to_gguf
+    monkeypatch.setattr(G, "convert_to_gguf", lambda folder, out, quant="q8_0", lc=None: (real(folder, out, quant, lc)[0], empty))
+    with pytest.raises(ExportError, match="has no vision tensors"):
+        G.export_gguf(run, tmp_path / "out", "f16", n_samples=2, allow_mismatch=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refusals(tmp_path, samples):
+    run = short_run(tmp_path, "tiny:smolvlm", steps=1)
+    with pytest.raises(ValueError, match=r"SmolVLM \(smolvlm\) cannot be exported to GGUF: .*Families that can: Qwen2-VL"):
+        G.export_gguf(run, tmp_path / "out", "q8_0")
+    with pytest.raises(ExportError, match="quant='q3'"):
+        G.export_gguf(run, tmp_path / "out", "q3")
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--quant", "q8_0"]) == 2  # --quant without --gguf
+    two_turns = {**samples[0], "messages": samples[0]["messages"] * 2, "images": samples[0]["images"] * 2}
+    assert G._messages(two_turns, 0)[-1]["role"] == "user"  # conversations go to the server whole, up to the last answer
+    missing = {**samples[0], "images": []}
+    with pytest.raises(ValueError, match=r"sample 7: 1 image item\(s\) in its messages but 0"):
+        G._messages(missing, 7)
+
+
+def test_cli_exports_and_proves_a_trained_run(lc, tmp_path):
+    base = tmp_path / "base"
+    tiny_model("qwen2_vl", base, changes=G.GGUF_TINY["qwen2_vl"])
+    run = short_run(tmp_path, base, steps=30)
+    out = subprocess.run([sys.executable, "-m", "vlmnb", "export", str(run), "--out", str(tmp_path / "gguf"), "--gguf", "--quant", "q4_k_m",
+                          "--samples", "4"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    check = json.loads((tmp_path / "gguf" / "gguf_check.json").read_text())
+    assert check["ok"] and check["same"] >= 2 and check["vision_tensors"] > 20, check  # q4_k_m's tolerance: half the answers
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["README.md", "gguf_check.json", "mmproj-run-f16.gguf", "run-q4_k_m.gguf"]
+    assert "llama-server -m run-q4_k_m.gguf --mmproj mmproj-run-f16.gguf" in (tmp_path / "gguf" / "README.md").read_text()
+
+
+def short_run(tmp_path: Path, base, steps: int = 4) -> Path:
+    return train({"base_model": str(base), "datasets": [{"path": "synthetic:colour_shapes", "n": 32, "seed": 2}],
+                  "max_steps": steps, "batch_size": 8, "learning_rate": 1e-2, "output_dir": str(tmp_path / "run"),
+                  "progress_bar": False}).output_dir
