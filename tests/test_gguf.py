@@ -103,3 +103,12 @@ def short_run(tmp_path: Path, base, steps: int = 4) -> Path:
     return train({"base_model": str(base), "datasets": [{"path": "synthetic:colour_shapes", "n": 32, "seed": 2}],
                   "max_steps": steps, "batch_size": 8, "learning_rate": 1e-2, "output_dir": str(tmp_path / "run"),
                   "progress_bar": False}).output_dir
+
+
+@pytest.mark.online
+def test_a_real_checkpoint_exports_and_answers_alike(tmp_path):
+    "Qwen2-VL-2B-Instruct from the Hub: one LoRA step, then the GGUF export with its proof (about 8 GB of memory, minutes)."
+    run = train({"base_model": "Qwen/Qwen2-VL-2B-Instruct", "datasets": [{"path": "synthetic:colour_shapes", "n": 8, "seed": 2}],
+                 "max_steps": 1, "batch_size": 1, "lora": {"r": 4}, "output_dir": str(tmp_path / "run"), "progress_bar": False}).output_dir
+    check = G.export_gguf(run, tmp_path / "gguf", "q8_0", n_samples=2)
+    assert check.ok and check.vision_tensors > 100 and check.projector == "qwen2vl_merger", str(check)
