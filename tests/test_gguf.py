@@ -33,6 +33,12 @@ def test_every_zoo_family_has_a_verdict():
     assert sum(r is None for r in G.GGUF_FAMILIES.values()) >= 7
 
 
+def test_cli_quant_choices_are_the_gguf_types():
+    from vlmnb.cli import parser
+    export = parser()._subparsers._group_actions[0].choices["export"]
+    assert set(next(a for a in export._actions if a.dest == "quant").choices) == set(G.GGUF_TYPES)
+
+
 @pytest.mark.parametrize("model_type", [t for t, r in G.GGUF_FAMILIES.items() if r is None])
 def test_family_round_trip(model_type, lc, samples, tmp_path):
     folder = tmp_path / model_type
