@@ -101,9 +101,10 @@ def llama_cpp(build: bool = True) -> LlamaCpp:
 # %% ../nbs/06b_gguf.ipynb #e7a986b0
 GGUF_FAMILIES = {  # model_type: None where llama.cpp converts it and answers like transformers (tests/test_gguf.py), else why not
     "qwen2_vl": None, "qwen2_5_vl": None, "qwen3_vl": None, "qwen3_5": None, "qwen3_5_moe": None, "glm4v": None, "glm4v_moe": None,
-    "smolvlm": "the converter writes it, but llama.cpp always cuts the image into a 2x2 grid plus an overview (transformers' "
-               "processor here: one image) and its runtime aborts on the tiny model (mtmd-helper: GGML_ASSERT(idx >= 0)); not proven",
-    "idefics3": "as SmolVLM: converted, but llama.cpp's image tiling aborts on the tiny model (GGML_ASSERT(idx >= 0)); not proven",
+    "smolvlm": "not proven: the converter writes it, but llama.cpp's Idefics3 image layout needs a single \"\\n\\n\" token, which "
+               "vlmnb's tiny tokenizer lacks (its lookup gives -1 and mtmd aborts: GGML_ASSERT(idx >= 0)), and llama.cpp cuts "
+               "every image into tiles plus an overview where the tiny processor keeps one image",
+    "idefics3": "not proven, as SmolVLM: llama.cpp's Idefics3 image layout needs a \"\\n\\n\" token the tiny tokenizer lacks",
     "gemma3": "transformers 5 saves Gemma 3's vision tower as `vision_tower.embeddings.*`; llama.cpp's converter reads only the "
               "Hub layout `vision_tower.vision_model.*` and stops (Can not map tensor)",
     "gemma4": "llama.cpp's Gemma 4 converter needs a top-level `global_head_dim` and Gemma's SentencePiece vocabulary",
