@@ -12,16 +12,16 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from .data import png_bytes
 from .export import ExportError, RunFolder, merge
-from .load import ARCHS, arch_of
+from .load import ARCHS, arch_of, tiny_model
 
 # %% auto #0
 __all__ = ['LLAMA_CPP_SOURCE', 'LLAMA_CPP_TARGETS', 'GGUF_FAMILIES', 'GGUF_TINY', 'GGUF_TYPES', 'GGUF_AGREEMENT', 'LlamaCppError',
-           'LlamaCpp', 'llama_cpp_dir', 'llama_cpp', 'gguf_support', 'convert_to_gguf', 'gguf_info', 'llama_server',
-           'llama_cpp_answers', 'GGUFCheck', 'export_gguf']
+           'LlamaCpp', 'llama_cpp_dir', 'llama_cpp', 'gguf_support', 'has_double_newline', 'gguf_tiny',
+           'convert_to_gguf', 'gguf_info', 'llama_server', 'llama_cpp_answers', 'GGUFCheck', 'export_gguf']
 
 # %% ../nbs/06b_gguf.ipynb #81b93063
 LLAMA_CPP_SOURCE = dict(  # llama.cpp as the registry serves it: vendored in llama-cpp-python's source distribution
@@ -101,10 +101,7 @@ def llama_cpp(build: bool = True) -> LlamaCpp:
 # %% ../nbs/06b_gguf.ipynb #e7a986b0
 GGUF_FAMILIES = {  # model_type: None where llama.cpp converts it and answers like transformers (tests/test_gguf.py), else why not
     "qwen2_vl": None, "qwen2_5_vl": None, "qwen3_vl": None, "qwen3_5": None, "qwen3_5_moe": None, "glm4v": None, "glm4v_moe": None,
-    "smolvlm": "not proven: the converter writes it, but llama.cpp's Idefics3 image layout needs a single \"\\n\\n\" token, which "
-               "vlmnb's tiny tokenizer lacks (its lookup gives -1 and mtmd aborts: GGML_ASSERT(idx >= 0)), and llama.cpp cuts "
-               "every image into tiles plus an overview where the tiny processor keeps one image",
-    "idefics3": "not proven, as SmolVLM: llama.cpp's Idefics3 image layout needs a \"\\n\\n\" token the tiny tokenizer lacks",
+    "smolvlm": None, "idefics3": None,
     "gemma3": "transformers 5 saves Gemma 3's vision tower as `vision_tower.embeddings.*`; llama.cpp's converter reads only the "
               "Hub layout `vision_tower.vision_model.*` and stops (Can not map tensor)",
     "gemma4": "llama.cpp's Gemma 4 converter needs a top-level `global_head_dim` and Gemma's SentencePiece vocabulary",
@@ -121,6 +118,7 @@ GGUF_TINY = {  # what a tiny zoo model of a supported family changes to convert 
     "qwen2_vl": {"vision_config": {"depth": 3}},    # the converter maps the merger's `mlp.2` as block 2: needs depth >= 3
     "qwen2_5_vl": {"vision_config": {"depth": 3}},
 }
+_NEEDS_DOUBLE_NEWLINE = ("smolvlm", "idefics3")  # llama.cpp's Idefics3 image layout looks up a "\n\n" token
 
 def gguf_support(model_type: str):
     "The family's `Arch` if llama.cpp's converter and runtime take it; a clear error naming the reason if not."
@@ -131,6 +129,23 @@ def gguf_support(model_type: str):
         raise ValueError(f"{ARCHS[model_type].name} ({model_type}) cannot be exported to GGUF: {why}. Families that can: {ok}. "
                          "Export the merged transformers model instead (vlmnb export RUN --merge).")
     return ARCHS[model_type]
+
+# %% ../nbs/06b_gguf.ipynb #9ab07a6d
+def has_double_newline(tokenizer) -> bool:
+    "Whether one token of `tokenizer` is `\"\\n\\n\"`, which llama.cpp's Idefics3 (SmolVLM) image layout needs."
+    return any(tokenizer.decode([i]) == "\n\n" for i in range(len(tokenizer)))
+
+def gguf_tiny(model_type: str, out_dir, seed: int = 0):
+    "A tiny zoo model in the shapes llama.cpp takes (`GGUF_TINY`; SmolVLM/Idefics3: a `\"\\n\\n\"` token, llama.cpp's tiling), saved to `out_dir`."
+    gguf_support(model_type)
+    model, processor = tiny_model(model_type, changes=GGUF_TINY.get(model_type), seed=seed)
+    if model_type in _NEEDS_DOUBLE_NEWLINE:
+        processor.tokenizer.add_tokens(["\n\n"])
+        model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+        ip = processor.image_processor  # 64 px images into 32 px tiles plus an overview, as llama.cpp cuts them
+        ip.do_image_splitting, ip.size, ip.max_image_size = True, {"longest_edge": 64}, {"longest_edge": 32}
+    model.save_pretrained(out_dir); processor.save_pretrained(out_dir)
+    return model, processor
 
 # %% ../nbs/06b_gguf.ipynb #31eeae3c
 _CONVERT = r'''
@@ -336,7 +351,11 @@ def export_gguf(run_dir, out, quant: str = "q8_0", n_samples: int = 8, allow_mis
     "Merge a run's adapter, convert with llama.cpp's converter to a language-model GGUF and an mmproj, and prove it with llama.cpp."
     run, out = RunFolder.read(run_dir), Path(out)
     if quant not in GGUF_TYPES: raise ExportError(f"quant={quant!r}; use one of {', '.join(GGUF_TYPES)}.")
-    gguf_support(arch_of(AutoConfig.from_pretrained(run.base_model)).model_type)  # a family llama.cpp cannot take: refused before any work
+    model_type = arch_of(AutoConfig.from_pretrained(run.base_model)).model_type
+    gguf_support(model_type)      # a family llama.cpp cannot take: refused before any work
+    if model_type in _NEEDS_DOUBLE_NEWLINE and not has_double_newline(AutoTokenizer.from_pretrained(run.path)):
+        raise ExportError(f"{run.path}'s tokenizer has no \"\\n\\n\" token, which llama.cpp's SmolVLM/Idefics3 image layout needs "
+                          "(every real SmolVLM vocabulary has one; vlmnb's tiny zoo tokenizer does not: build a tiny base with gguf_tiny).")
     lc = llama_cpp()              # built (once) before merging: a missing compiler fails here, not after the merge
     samples = run.samples(n_samples)
     with tempfile.TemporaryDirectory() as tmp:
