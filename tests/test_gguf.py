@@ -13,7 +13,7 @@ from vlmnb.data import colour_shapes
 from vlmnb.eval import generate_answers
 from vlmnb.export import ExportError
 import vlmnb.gguf as G
-from vlmnb.load import TINY_ARCHS, load_model, tiny_model
+from vlmnb.load import TINY_ARCHS, load_model
 from vlmnb.train import train
 
 

@@ -6,9 +6,8 @@ Docs: https://vlmnb.github.io/vlmnb/precision.html.md"""
 
 # %% ../nbs/05d_precision.ipynb #7fd8bc4b
 from __future__ import annotations
-import json, os, subprocess, sys, textwrap
-from dataclasses import dataclass, asdict
-from pathlib import Path
+import json, subprocess, sys, textwrap
+from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'parse_precisions', 'eval_at_precision', 'PrecisionReport', 'plot_precisions', 'compare_precisions']
@@ -28,9 +27,8 @@ def parse_precisions(spec) -> list[str]:
 
 # %% ../nbs/05d_precision.ipynb #76e3125e
 _WORKER = textwrap.dedent('''
-    import json, resource, sys, time, warnings
+    import json, sys, warnings
     warnings.filterwarnings("ignore")
-    import torch, psutil
     from vlmnb.precision import eval_at_precision
     print("VLMNB-RESULT " + json.dumps(eval_at_precision(**json.loads(sys.argv[1]))))
 ''')
