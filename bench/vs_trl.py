@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """vlmnb against a plain TRL `SFTTrainer`, side by side, in one run.
 
-    python bench/vs_trl.py                      # LLaVA-shaped model, 320 samples: about 15 min on 2 CPU cores (25 with the peers)
+    python bench/vs_trl.py                      # LLaVA-shaped model, 320 samples: about 11 min on 2 CPU cores (21 with the peers)
     python bench/vs_trl.py --case qwen2-vl      # Qwen2-VL-shaped model, dynamic resolution
-    python bench/vs_trl.py --case smolvlm --samples 64   # real vocabulary: SmolVLM-256M's dimensions (49k tokens)
-    python bench/vs_trl.py --case qwen2-vl-152k --samples 48  # Qwen2-VL-2B's width and 152k vocabulary, 2 layers deep
+    python bench/vs_trl.py --case smolvlm --samples 64 --heldout 8        # real vocabulary: SmolVLM-256M's dimensions (49k tokens), 18 min
+    python bench/vs_trl.py --case qwen2-vl-152k --samples 24 --heldout 8  # Qwen2-VL-2B's width and 152k vocabulary, 2 layers deep, 14 min
     python bench/vs_trl.py --quick              # a smoke run (CI): 8 samples, every run
     python bench/vs_trl.py --peers llamafactory,ms-swift,axolotl   # the peers too, each in its own venv (bench/peers.py)
     python bench/vs_trl.py --json results.json  # also write every number as JSON (the results notebook reads it)
@@ -220,6 +220,7 @@ class Meter:
     "Times and counts every batch the Trainer fetches, and the training loop's wall time, peak RSS and VRAM."
     def __init__(self, sizes: dict):
         self.sizes, self.fetch_s, self.real, self.total, self.samples, self.flops = sizes, 0.0, 0, 0, 0, 0.0
+        self.vision_flops = 0.0
         self.t_begin = self.t_end = None; self.model = None
 
     def install(self):
@@ -248,6 +249,7 @@ class Meter:
             side = self.sizes["image_side"] // self.sizes["patch"]
             patches, image_tokens = [side * side + 1] * n, side * side * n
         self.flops += train_flops(self.sizes, tokens, patches, image_tokens)
+        self.vision_flops += train_flops(self.sizes, [], patches, image_tokens)
 
     def callback(self):
         from transformers import TrainerCallback
@@ -347,7 +349,7 @@ def worker(args) -> None:
               "tokens_per_s": meter.real / train_s, "samples_per_s": meter.samples / train_s, "padding": 1 - meter.real / meter.total,
               "peak_rss_mib": meter.rss, "peak_vram_mib": meter.vram, "data_share": meter.fetch_s / train_s,
               "mfu": meter.flops / train_s / peak, "train_s": train_s, "setup_s": meter.t_begin - t_start,
-              "real_tokens": meter.real, "samples": meter.samples,
+              "real_tokens": meter.real, "samples": meter.samples, "vision_share": meter.vision_flops / meter.flops,
               "trainable": sum(p.numel() for p in meter.model.parameters() if p.requires_grad)}
     report["eval_loss"] = heldout_loss(meter.model, work, args.case)
     (work/"runs").mkdir(exist_ok=True)

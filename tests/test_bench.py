@@ -10,7 +10,7 @@ ROOT = Path(__file__).parents[1]
 spec = importlib.util.spec_from_file_location("vs_trl", ROOT/"bench"/"vs_trl.py")
 vs_trl = importlib.util.module_from_spec(spec); spec.loader.exec_module(vs_trl)
 
-# qwen2-vl-152k is counted by qwen2-vl's formula (tested here) and is 535M parameters: left out of CI
+# qwen2-vl-152k is counted by qwen2-vl's formula (tested here) and is 402M parameters: left out of CI
 @pytest.fixture(scope="module", params=[c for c in vs_trl.CASES if c != "qwen2-vl-152k"])
 def case(request, tmp_path_factory):
     "A benchmark case's model folder, FLOP sizes and a few of its samples."
@@ -45,6 +45,10 @@ def test_flop_count_matches_torch(case):
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter: model(**batch)
         assert meter.flops / 3 == pytest.approx(counter.get_total_flops(), rel=0.03), (name, i)
+        # the vision part (tower and projector) on its own: the share of a step that batching and the loss cannot touch
+        vision = sum(sum(ops.values()) for mod, ops in counter.get_flop_counts().items()
+                     if re.search(r"\.model\.(vision_tower|visual|vision_model|multi_modal_projector|connector)$", mod))
+        assert meter.vision_flops / 3 == pytest.approx(vision, rel=0.03), (name, i)
 
 def test_matmul_weights_cover_the_model(case):
     "The weights counted per token (language model, vision tower, projector) are all of the model but embeddings and norms."
@@ -81,6 +85,7 @@ def test_bench_end_to_end(tmp_path):
     for r in reports.values():
         assert r["samples"] == 8 and r["tokens_per_s"] > 0 and 0 <= r["padding"] < 1 and 0 < r["mfu"] < 1
         assert 0 < r["data_share"] < 1 and r["peak_rss_mib"] > 100 and r["eval_loss"] > 0
+        assert 0 < r["vision_share"] < 1  # the vision tower's part of the model FLOPs: what batching and the loss cannot touch
     assert len({r["trainable"] for r in reports.values()}) == 1, "both tools must train the same LoRA modules"
     assert len({r["real_tokens"] for r in reports.values()}) == 1, "both tools must see the same tokens"
     trl, ours = reports["trl-defaults"], reports["vlmnb-defaults"]
