@@ -248,8 +248,8 @@ class Meter:
             n = batch["pixel_values"].shape[0]
             side = self.sizes["image_side"] // self.sizes["patch"]
             patches, image_tokens = [side * side + 1] * n, side * side * n
-        self.flops += train_flops(self.sizes, tokens, patches, image_tokens)
-        self.vision_flops += train_flops(self.sizes, [], patches, image_tokens)
+        vision = train_flops(self.sizes, [], patches, image_tokens)  # tower and projector: what batching and the loss cannot touch
+        self.flops += train_flops(self.sizes, tokens, [], 0) + vision; self.vision_flops += vision
 
     def callback(self):
         from transformers import TrainerCallback
